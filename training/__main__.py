@@ -1,0 +1,27 @@
+"""`python -m training SUBCOMMAND ...`: stage1, stage2, e2e, evaluate, niqe, export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Imported here so `--help` of one command does not pay for the others' imports twice.
+    from training import evaluate, export, niqe, train
+
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in (train, evaluate, niqe, export):
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
