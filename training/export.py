@@ -1,0 +1,147 @@
+"""ONNX export of the encoder -> FRNet -> decoder chain, with a self-check against PyTorch.
+
+Contract relied on by the service and the tools: input ``image`` float32 N x 3 x H x W, RGB in
+[0, 1], dynamic N, H, W (H and W multiples of 4); output ``enhanced`` of the same shape in [0, 1].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from model import FRLIE, SIZE_MULTIPLE, load_weights
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "enhanced"
+OPSET = 18
+# Shapes the self-check runs on (N, H, W): several sizes and a batch, all multiples of 4.
+CHECK_SHAPES = ((1, 64, 64), (2, 48, 80), (1, 100, 132))
+FP32_TOLERANCE = 1e-4
+
+
+def _metadata(model: FRLIE, extra: dict[str, Any] | None) -> dict[str, str]:
+    props = {
+        "model_version": "unversioned",
+        "architecture": json.dumps(model.config.to_dict()),
+        "size_multiple": str(SIZE_MULTIPLE),
+        "receptive_radius": str(model.config.receptive_radius),
+        "input_range": "RGB float32 in [0, 1], N x 3 x H x W",
+    }
+    for key, value in (extra or {}).items():
+        props[key] = value if isinstance(value, str) else json.dumps(value)
+    return props
+
+
+def export_onnx(
+    model: FRLIE,
+    path: str | Path,
+    *,
+    fp16: bool = False,
+    metadata: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Write one self-contained ONNX file and, by default, check it against PyTorch.
+
+    Returns the check's report: ``max_abs_diff`` per shape (fp32), or ``psnr_drop_db`` (fp16,
+    where bit-parity is not expected so the accuracy cost is reported instead).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    example = torch.rand(1, 3, 64, 64)
+    # H and W are declared as 4 * k so the exporter knows the multiple-of-4 contract.
+    dims = {0: torch.export.Dim("batch"), 2: 4 * torch.export.Dim("h4"), 3: 4 * torch.export.Dim("w4")}
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={"image": dims},
+        opset_version=OPSET,
+        external_data=False,
+        dynamo=True,
+        verbose=False,
+    )
+    proto = program.model_proto
+    if fp16:
+        from onnxconverter_common import float16
+
+        proto = float16.convert_float_to_float16(proto, keep_io_types=True)
+    props = _metadata(model, metadata)
+    props["precision"] = "fp16" if fp16 else "fp32"
+    onnx.helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return verify_export(model, path, fp16=fp16) if verify else {}
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
+
+
+def verify_export(model: FRLIE, path: str | Path, *, fp16: bool = False) -> dict[str, Any]:
+    """Run ONNX Runtime and PyTorch on random inputs of several shapes and compare."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    report: dict[str, Any] = {"shapes": []}
+    for n, h, w in CHECK_SHAPES:
+        x = torch.rand(n, 3, h, w, generator=generator)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        if got.shape != expected.shape:
+            raise RuntimeError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
+        entry: dict[str, Any] = {"shape": [n, 3, h, w], "max_abs_diff": float(np.abs(got - expected).max())}
+        if fp16:
+            entry["psnr_vs_fp32_db"] = _psnr(got, expected)
+        elif entry["max_abs_diff"] > FP32_TOLERANCE:
+            raise RuntimeError(f"ONNX/PyTorch mismatch {entry['max_abs_diff']:.2e} > {FP32_TOLERANCE} at {entry['shape']}")
+        report["shapes"].append(entry)
+    report["max_abs_diff"] = max(e["max_abs_diff"] for e in report["shapes"])
+    if fp16:
+        report["min_psnr_vs_fp32_db"] = min(e["psnr_vs_fp32_db"] for e in report["shapes"])
+    return report
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata properties of an exported file (model version, metrics, receptive radius...)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export a checkpoint to one ONNX file and verify it")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.pt) written by training")
+    parser.add_argument("--out", required=True, type=Path, help="output .onnx path")
+    parser.add_argument("--fp16", action="store_true", help="convert weights to fp16 (inputs/outputs stay fp32)")
+    parser.add_argument("--model-version", default=None, help="version string stored in the metadata")
+    parser.add_argument("--training-data", default="lol-pairs/train (247 pairs)", help="stored in the metadata")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, payload = load_weights(args.checkpoint)
+    metadata: dict[str, Any] = {"training_data": args.training_data}
+    metadata["model_version"] = args.model_version or f"{payload.get('stage', 'model')}-step{payload.get('step', 0)}"
+    if "metrics" in payload:
+        metadata["validation_metrics"] = payload["metrics"]
+    report = export_onnx(model, args.out, fp16=args.fp16, metadata=metadata)
+    size_mb = args.out.stat().st_size / 1e6
+    print(f"wrote {args.out} ({size_mb:.1f} MB, {'fp16' if args.fp16 else 'fp32'})")
+    for entry in report["shapes"]:
+        line = f"  check {entry['shape']}: max |onnx - torch| = {entry['max_abs_diff']:.2e}"
+        if args.fp16:
+            line += f", PSNR vs fp32 = {entry['psnr_vs_fp32_db']:.2f} dB"
+        print(line)
+    return 0
