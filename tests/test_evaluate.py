@@ -1,0 +1,180 @@
+"""Model loading for evaluation (checkpoint and ONNX) and the `evaluate` command end to end.
+
+The tiny random-weight network keeps everything fast: the point is the plumbing (loading, padding,
+metrics, files, JSON), not the enhancement quality. CLI tests read 2 real pairs from $FRLIE_DATA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import FRLIE, FRLIEConfig, save_weights
+from training.__main__ import main
+from training.data import list_pairs, load_rgb
+from training.evaluate import COMPARISON_SHEET, ENHANCED_DIR, FIGURE_MAX_BYTES, METRIC_KEYS, evaluate_model
+from training.export import export_onnx
+from training.inference import load_enhancer, pad_image
+from training.metrics import psnr
+
+N_IMAGES = 2
+BASELINE_NAMES = {"input", "gamma", "hist_eq", "clahe"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> FRLIE:
+    torch.manual_seed(0)
+    return FRLIE(FRLIEConfig(width=8, fr_blocks=1)).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model: FRLIE, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_weights(tiny_model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_model: FRLIE, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(tiny_model, path)
+    return path
+
+
+# --------------------------------------------------------------------------- loading (no data set)
+
+
+@pytest.mark.parametrize("shape", [(37, 53, 3), (10, 13, 3), (64, 48, 3)])
+def test_onnx_and_checkpoint_enhancers_agree_on_any_size(checkpoint: Path, onnx_file: Path, shape: tuple) -> None:
+    # Odd sizes and sides below the network's minimum exercise the pad-and-crop path of both runtimes.
+    image = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    from_torch, from_onnx = load_enhancer(checkpoint), load_enhancer(onnx_file)
+    assert (from_torch.kind, from_onnx.kind) == ("checkpoint", "onnx")
+    assert "CPUExecutionProvider" in from_onnx.description
+    a, b = from_torch(image), from_onnx(image)
+    assert a.shape == b.shape == shape and a.dtype == b.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding may flip one level
+
+
+def test_pad_image_reaches_a_multiple_of_four_and_the_minimum_side() -> None:
+    assert pad_image(np.zeros((37, 53, 3), np.uint8)).shape == (40, 56, 3)
+    assert pad_image(np.zeros((3, 1, 3), np.uint8)).shape == (20, 20, 3)
+
+
+def test_load_enhancer_rejects_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        load_enhancer(tmp_path / "missing.pt")
+    for name in ("garbage.pt", "garbage.onnx"):
+        (tmp_path / name).write_bytes(b"not a model")
+        with pytest.raises(ValueError, match="not a loadable"):
+            load_enhancer(tmp_path / name)
+    with pytest.raises(ValueError, match="device"):
+        load_enhancer(tmp_path / "garbage.pt", device="tpu")
+
+
+def test_enhancer_rejects_non_rgb_input(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        load_enhancer(checkpoint)(np.zeros((32, 32), np.uint8))
+
+
+# --------------------------------------------------------------------------- CLI on real pairs
+
+
+def _run_evaluate(model: Path, data: Path, out: Path, *extra: str) -> dict:
+    json_path = out / "result.json"
+    argv = ["evaluate", "--model", str(model), "--data", str(data), "--limit", str(N_IMAGES), "--json", str(json_path)]
+    assert main([*argv, *extra]) == 0
+    return json.loads(json_path.read_text())
+
+
+def _assert_plausible(scores: dict) -> None:
+    assert set(scores) >= set(METRIC_KEYS)
+    assert all(isinstance(scores[key], float) and math.isfinite(scores[key]) for key in METRIC_KEYS), scores
+    assert 3.0 < scores["psnr"] < 60.0
+    assert 0.0 < scores["ssim"] <= 1.0
+    assert 3.0 < scores["psnr_gt_mean"] < 60.0
+    assert scores["niqe"] > 0.0
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(checkpoint: Path, lol_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """One CLI run on the data root (split resolved to val/), with every output switched on."""
+    out = tmp_path_factory.mktemp("evaluate")
+    first_name = list_pairs(lol_pairs / "val")[0].name
+    figure = ("--figure", Path(first_name).stem, "--figure-out", str(out / "figure.jpg"))
+    return _run_evaluate(checkpoint, lol_pairs, out, "--save-dir", str(out / "saved"), *figure), out
+
+
+def test_cli_json_has_the_documented_structure(checkpoint_run: tuple[dict, Path], checkpoint: Path) -> None:
+    result, _ = checkpoint_run
+    assert str(checkpoint) in result["model"]
+    assert result["count"] == N_IMAGES and len(result["images"]) == N_IMAGES
+    expected_names = [pair.name for pair in list_pairs(Path(result["data"]))[:N_IMAGES]]
+    assert [image["name"] for image in result["images"]] == expected_names
+    for image in result["images"]:
+        _assert_plausible(image)
+    _assert_plausible(result["mean"])
+    assert result["mean"]["psnr"] == pytest.approx(np.mean([image["psnr"] for image in result["images"]]))
+    assert set(result["baselines"]) == BASELINE_NAMES
+    for scores in result["baselines"].values():
+        _assert_plausible(scores)
+
+
+def test_cli_input_baseline_is_plain_psnr_of_low_against_high(checkpoint_run: tuple[dict, Path]) -> None:
+    result, _ = checkpoint_run
+    pairs = list_pairs(Path(result["data"]))[:N_IMAGES]
+    direct = np.mean([psnr(load_rgb(pair.low), load_rgb(pair.high)) for pair in pairs])
+    assert result["baselines"]["input"]["psnr"] == pytest.approx(direct, abs=1e-9)
+
+
+def test_cli_writes_images_sheet_and_small_figure(checkpoint_run: tuple[dict, Path]) -> None:
+    result, out = checkpoint_run
+    saved = out / "saved"
+    for image in result["images"]:
+        written = load_rgb(saved / ENHANCED_DIR / f"{Path(image['name']).stem}.png")
+        assert written.shape == (400, 600, 3)
+    sheet = load_rgb(saved / COMPARISON_SHEET)
+    assert sheet.shape[1] < 1000 and sheet.shape[0] < 400 * N_IMAGES  # downscaled, one row per image
+    figure = out / "figure.jpg"
+    assert figure.read_bytes()[:2] == b"\xff\xd8"  # JPEG
+    assert 0 < figure.stat().st_size < FIGURE_MAX_BYTES
+
+
+def test_cli_with_onnx_model_matches_checkpoint(
+    onnx_file: Path, checkpoint_run: tuple[dict, Path], lol_pairs: Path, tmp_path: Path
+) -> None:
+    # --data given as the split folder itself; baselines off since they do not depend on the model.
+    result = _run_evaluate(onnx_file, lol_pairs / "val", tmp_path, "--no-baselines")
+    assert result["model"].startswith("onnx ")
+    assert result["baselines"] == {}
+    reference, _ = checkpoint_run
+    for from_onnx, from_torch in zip(result["images"], reference["images"]):
+        assert from_onnx["name"] == from_torch["name"]
+        assert from_onnx["psnr"] == pytest.approx(from_torch["psnr"], abs=0.01)
+        assert from_onnx["ssim"] == pytest.approx(from_torch["ssim"], abs=1e-3)
+
+
+def test_cli_reports_bad_paths_without_traceback(
+    checkpoint: Path, lol_pairs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", "--model", str(tmp_path / "none.pt"), "--data", str(lol_pairs)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(tmp_path)]) == 2
+    assert "low/" in capsys.readouterr().err
+    figure = ["--figure", "nope", "--figure-out", str(tmp_path / "f.jpg")]
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(lol_pairs), *figure]) == 2
+    assert "no image named" in capsys.readouterr().err
+
+
+def test_evaluate_model_without_cli_baselines_or_niqe(checkpoint: Path, lol_pairs: Path) -> None:
+    # The fast form training uses for validation.
+    pairs = list_pairs(lol_pairs / "val")[:1]
+    result = evaluate_model(load_enhancer(checkpoint), pairs, baselines=None, with_niqe=False, progress=False)
+    assert result["baselines"] == {}
+    assert result["images"][0]["niqe"] is None and result["mean"]["niqe"] is None
+    assert math.isfinite(result["mean"]["psnr"])

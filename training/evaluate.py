@@ -1,0 +1,305 @@
+"""`python -m training evaluate`: score a model on paired images, beside classical baselines.
+
+Reports plain PSNR / SSIM (the numbers comparable with papers), the GT-mean PSNR variant (labelled:
+it uses the ground truth's brightness) and NIQE of each output; optionally writes the enhanced
+images, a comparison sheet and a before/after figure for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from training.baselines import BASELINES
+from training.data import ImagePair, PairedDataError, list_pairs, load_rgb
+from training.inference import load_enhancer
+from training.metrics import psnr, psnr_gt_mean, ssim
+from training.niqe import niqe
+
+METRIC_KEYS = ("psnr", "ssim", "psnr_gt_mean", "niqe")
+METRIC_DIGITS = {"psnr": 2, "ssim": 4, "psnr_gt_mean": 2, "niqe": 3}
+METRIC_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "psnr_gt_mean": "PSNR GT-mean", "niqe": "NIQE"}
+GT_MEAN_NOTE = (
+    "PSNR GT-mean: output rescaled to the reference's mean gray level before PSNR (uses the ground "
+    "truth; higher than plain PSNR by design). Quote it only beside plain PSNR."
+)
+
+COMPARISON_SHEET = "comparison.png"
+ENHANCED_DIR = "enhanced"
+SHEET_TILE_WIDTH = 200  # px per panel: 3 panels per row keeps the sheet ~620 px wide
+FIGURE_MAX_BYTES = 300_000  # README figures must stay small
+FIGURE_QUALITIES = (92, 88, 84, 80, 75, 70, 60, 50)
+GAP = 4
+
+Enhance = Callable[[np.ndarray], np.ndarray]
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_image(output: np.ndarray, reference: np.ndarray, with_niqe: bool = True) -> dict[str, float | None]:
+    """All metrics of one output; NIQE (no-reference) looks at the output only."""
+    return {
+        "psnr": psnr(output, reference),
+        "ssim": ssim(output, reference),
+        "psnr_gt_mean": psnr_gt_mean(output, reference),
+        "niqe": float(niqe(output)) if with_niqe else None,
+    }
+
+
+def mean_scores(rows: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Per-metric mean over images; None where a metric was not computed."""
+    means: dict[str, float | None] = {}
+    for key in METRIC_KEYS:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        means[key] = float(np.mean(values)) if values else None
+    return means
+
+
+def evaluate_model(
+    enhancer: Enhance,
+    pairs: Sequence[ImagePair],
+    *,
+    baselines: Mapping[str, Enhance] | None = BASELINES,
+    with_niqe: bool = True,
+    save_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``enhancer`` (uint8 RGB -> uint8 RGB) on every pair, with each baseline on the same images.
+
+    Returns ``{"model", "count", "mean", "images": [{"name", metrics...}], "baselines": {name: mean}}``.
+    ``save_dir`` receives ``enhanced/NAME.png`` and ``comparison.png``. Pass ``baselines=None`` (or
+    ``{}``) and ``with_niqe=False`` for a quick validation during training.
+    """
+    if not pairs:
+        raise PairedDataError("no image pairs to evaluate")
+    baselines = dict(baselines or {})
+    save_path = Path(save_dir) if save_dir is not None else None
+    if save_path is not None:
+        (save_path / ENHANCED_DIR).mkdir(parents=True, exist_ok=True)
+
+    images: list[dict[str, Any]] = []
+    baseline_rows: dict[str, list[dict[str, float | None]]] = {name: [] for name in baselines}
+    sheet_rows: list[list[tuple[np.ndarray, str]]] = []
+    for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not progress, file=sys.stderr):
+        low, high = load_rgb(pair.low), load_rgb(pair.high)
+        if low.shape != high.shape:
+            raise PairedDataError(f"{pair.name}: low {low.shape} and high {high.shape} differ in size")
+        enhanced = enhancer(low)
+        scores = score_image(enhanced, high, with_niqe)
+        images.append({"name": pair.name, **scores})
+        for name, method in baselines.items():
+            baseline_rows[name].append(score_image(method(low), high, with_niqe))
+        if save_path is not None:
+            Image.fromarray(enhanced).save(save_path / ENHANCED_DIR / f"{Path(pair.name).stem}.png")
+            sheet_rows.append(
+                [
+                    (_thumbnail(low, SHEET_TILE_WIDTH), f"low  {pair.name}"),
+                    (_thumbnail(enhanced, SHEET_TILE_WIDTH), f"enhanced  {scores['psnr']:.2f} dB"),
+                    (_thumbnail(high, SHEET_TILE_WIDTH), "reference"),
+                ]
+            )
+    if save_path is not None:
+        _compose(sheet_rows).save(save_path / COMPARISON_SHEET, optimize=True)
+
+    return {
+        "model": getattr(enhancer, "description", repr(enhancer)),
+        "count": len(images),
+        "mean": mean_scores(images),
+        "images": images,
+        "baselines": {name: mean_scores(rows) for name, rows in baseline_rows.items()},
+    }
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def _thumbnail(image: np.ndarray, width: int) -> np.ndarray:
+    """Downscale to ``width`` px wide (never upscale), keeping the aspect ratio."""
+    height, current = image.shape[:2]
+    if current <= width:
+        return image
+    size = (width, max(1, round(height * width / current)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def _label(canvas: Image.Image, xy: tuple[int, int], text: str) -> None:
+    """Small white text on a dark box, readable on dark and bright images alike."""
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=12)
+    left, top, right, bottom = draw.textbbox((xy[0] + 4, xy[1] + 3), text, font=font)
+    draw.rectangle((left - 3, top - 2, right + 3, bottom + 2), fill=(0, 0, 0))
+    draw.text((xy[0] + 4, xy[1] + 3), text, font=font, fill=(255, 255, 255))
+
+
+def _compose(rows: Sequence[Sequence[tuple[np.ndarray, str]]]) -> Image.Image:
+    """Grid of labelled panels, one row per entry, separated by white gaps."""
+    row_heights = [max(panel.shape[0] for panel, _ in row) for row in rows]
+    width = max(sum(panel.shape[1] for panel, _ in row) + GAP * (len(row) + 1) for row in rows)
+    height = sum(row_heights) + GAP * (len(rows) + 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    top = GAP
+    for row, row_height in zip(rows, row_heights):
+        left = GAP
+        for panel, text in row:
+            canvas.paste(Image.fromarray(panel), (left, top))
+            _label(canvas, (left, top), text)
+            left += panel.shape[1] + GAP
+        top += row_height + GAP
+    return canvas
+
+
+def _jpeg_under(image: Image.Image, max_bytes: int) -> bytes:
+    """Highest listed JPEG quality that fits ``max_bytes``; halves the size if none does."""
+    while True:
+        for quality in FIGURE_QUALITIES:
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=quality, optimize=True, progressive=True)
+            if buffer.tell() <= max_bytes:
+                return buffer.getvalue()
+        image = image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.LANCZOS)
+
+
+def write_before_after(
+    enhancer: Enhance, pair: ImagePair, out_path: str | Path, max_bytes: int = FIGURE_MAX_BYTES
+) -> Path:
+    """One JPEG, low-light input | enhanced output, for the README; kept under ``max_bytes``."""
+    low = load_rgb(pair.low)
+    enhanced = enhancer(low)
+    figure = _compose([[(low, f"input (low light)  {pair.name}"), (enhanced, "FRLIE")]])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(_jpeg_under(figure, max_bytes))
+    return out_path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def resolve_pairs_dir(data: str | Path, split: str = "val") -> Path:
+    """``data`` itself when it holds low/ and high/, else its ``split`` subfolder."""
+    data = Path(data)
+    if (data / "low").is_dir() and (data / "high").is_dir():
+        return data
+    if (data / split / "low").is_dir():
+        return data / split
+    raise PairedDataError(f"{data} has neither low/ and high/ nor a {split}/ split with them")
+
+
+def find_pair(pairs: Sequence[ImagePair], name: str) -> ImagePair:
+    """The pair called ``name``, with or without its extension (``101`` or ``101.png``)."""
+    for pair in pairs:
+        if name in (pair.name, Path(pair.name).stem):
+            return pair
+    shown = ", ".join(pair.name for pair in pairs[:8])
+    raise ValueError(f"no image named {name!r}; available: {shown}{' ...' if len(pairs) > 8 else ''}")
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _metric_cells(scores: Mapping[str, float | None]) -> list[str]:
+    return [_cell(scores[key], METRIC_DIGITS[key]) for key in METRIC_KEYS]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def join(cells: Sequence[str]) -> str:  # first column left-aligned (names), numbers right-aligned
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+
+    lines = [join(line) for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_report(result: Mapping[str, Any]) -> str:
+    """Per-image table with the mean, then the mean rows of the model and every baseline."""
+    header = ["image", *(METRIC_HEADERS[key] for key in METRIC_KEYS)]
+    rows = [[image["name"], *_metric_cells(image)] for image in result["images"]]
+    rows.append(["mean", *_metric_cells(result["mean"])])
+    parts = [f"model: {result['model']}", _table(header, rows)]
+    comparison = [["model", *_metric_cells(result["mean"])]]
+    comparison += [[name, *_metric_cells(scores)] for name, scores in result["baselines"].items()]
+    if result["baselines"]:
+        parts.append(_table([f"method (mean of {result['count']})", *header[1:]], comparison))
+    parts.append(GT_MEAN_NOTE)
+    return "\n\n".join(parts)
+
+
+def _json_safe(value: Any) -> Any:
+    """Strict JSON: a non-finite float (PSNR of identical images is inf) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="PSNR / SSIM / GT-mean PSNR / NIQE of a model on paired images, beside baselines"
+    )
+    parser.add_argument("--model", required=True, type=Path, help="checkpoint (.pt) or exported .onnx file")
+    parser.add_argument(
+        "--data", required=True, type=Path, help="folder with low/ and high/, or a data root with SPLIT/"
+    )
+    parser.add_argument("--split", default="val", help="split subfolder used when --data is a data root (default: val)")
+    parser.add_argument("--save-dir", type=Path, help="write enhanced/NAME.png and comparison.png here")
+    parser.add_argument("--json", type=Path, help="write all numbers to this JSON file")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by name)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--no-baselines", action="store_true", help="skip input / gamma / hist_eq / clahe")
+    parser.add_argument("--no-niqe", action="store_true", help="skip NIQE (faster)")
+    parser.add_argument("--figure", metavar="NAME", help="image (e.g. 101 or 101.png) for a before/after JPEG")
+    parser.add_argument("--figure-out", type=Path, metavar="FILE.jpg", help="where --figure writes (< 300 KB)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.figure is None) != (args.figure_out is None):
+        print("error: --figure and --figure-out go together", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print("error: --limit must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        pairs_dir = resolve_pairs_dir(args.data, args.split)
+        all_pairs = list_pairs(pairs_dir)
+        figure_pair = find_pair(all_pairs, args.figure) if args.figure else None
+        enhancer = load_enhancer(args.model, device=args.device)
+        result = evaluate_model(
+            enhancer,
+            all_pairs[: args.limit],
+            baselines=None if args.no_baselines else BASELINES,
+            with_niqe=not args.no_niqe,
+            save_dir=args.save_dir,
+        )
+    except ValueError as exc:  # includes PairedDataError: bad paths, unpaired or unreadable files
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result["data"] = str(pairs_dir)
+    print(format_report(result))
+    if args.save_dir is not None:
+        print(f"wrote {args.save_dir / ENHANCED_DIR}/ and {args.save_dir / COMPARISON_SHEET}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+    if figure_pair is not None:
+        path = write_before_after(enhancer, figure_pair, args.figure_out)
+        print(f"wrote {path} ({path.stat().st_size / 1000:.0f} KB)")
+    return 0
