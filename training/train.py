@@ -127,8 +127,10 @@ class Trainer:
             else None
         )
         self.model = self._build_model(resume).to(self.device)
-        for module in frozen_parts(self.model, self.stage):
-            module.requires_grad_(False)
+        # Only the parts this stage trains take gradients (DDP also insists every such part is used).
+        self.model.requires_grad_(False)
+        for part in trainable_parts(self.model, self.stage):
+            part.requires_grad_(True)
         params = [p for part in trainable_parts(self.model, self.stage) for p in part.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))
         final_ratio = args.lr_final / args.lr
@@ -145,7 +147,7 @@ class Trainer:
 
         step_module = StageStep(self.model, self.stage)
         self.forward = (
-            DistributedDataParallel(step_module, broadcast_buffers=self.stage != "stage2")
+            DistributedDataParallel(step_module)
             if self.ctx.enabled
             else step_module
         )
@@ -323,7 +325,7 @@ class Trainer:
             save_weights(
                 self.model, self.out / LAST, stage=self.stage, step=self.step, best_psnr=self.best_psnr,
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                rng=_rng_state(), args=vars(self.args), elapsed_s=self.elapsed(),
+                rng=_rng_state(), args=vars(self.args), elapsed_s=self.elapsed(), world_size=self.ctx.world_size,
             )
         dist_utils.barrier(self.ctx)
 
