@@ -1,0 +1,61 @@
+# FRLIE Serve: everyday commands. Variables can be overridden: make train DATA=/path/to/lol-pairs
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data/lol-pairs
+RUNS ?= ../runs
+MODEL ?= model/weights/frlie.onnx
+CHECKPOINT ?= $(RUNS)/stage2/best.pt
+# Training budget per stage (minutes); runs resume from their last.pt, so repeat to train longer.
+STAGE1_MINUTES ?= 20
+STAGE2_MINUTES ?= 60
+TRAIN_FLAGS ?= --crop 128 --batch-size 16 --precision bf16 --val-every 250
+
+.PHONY: help serve test train ablation export evaluate bench clean
+
+help:
+	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
+	@echo "make test      install everything and run the whole test suite"
+	@echo "make train     stage 1 then stage 2 on DATA=$(DATA), runs in RUNS=$(RUNS) (resumable)"
+	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
+	@echo "make export    export CHECKPOINT=$(CHECKPOINT) to MODEL=$(MODEL)"
+	@echo "make evaluate  PSNR/SSIM/NIQE of MODEL on DATA/val with baselines"
+	@echo "make bench     CPU benchmarks"
+
+$(VENV)/.serve-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.serve-installed
+	$(PY) -m pip install --quiet -e ".[train,dev]"
+	touch $@
+
+serve: $(VENV)/.serve-installed
+	$(PY) -m service serve
+
+test: $(VENV)/.dev-installed
+	FRLIE_DATA=$${FRLIE_DATA:-$(DATA)} $(PY) -m pytest
+
+train: $(VENV)/.dev-installed
+	$(PY) -m training stage1 --data $(DATA) --out $(RUNS)/stage1 --resume --steps 3000 --decay-at 0.7 \
+		--max-minutes $(STAGE1_MINUTES) $(TRAIN_FLAGS)
+	$(PY) -m training stage2 --data $(DATA) --out $(RUNS)/stage2 --resume --stage1 $(RUNS)/stage1/best.pt \
+		--steps 2500 --decay-at 0.6 --max-minutes $(STAGE2_MINUTES) $(TRAIN_FLAGS)
+
+ablation: $(VENV)/.dev-installed
+	$(PY) -m training e2e --data $(DATA) --out $(RUNS)/e2e --resume --steps 5500 --decay-at 0.6 \
+		--max-minutes $$(( $(STAGE1_MINUTES) + $(STAGE2_MINUTES) )) $(TRAIN_FLAGS)
+
+export: $(VENV)/.dev-installed
+	$(PY) -m training export --checkpoint $(CHECKPOINT) --out $(MODEL)
+
+evaluate: $(VENV)/.dev-installed
+	$(PY) -m training evaluate --model $(MODEL) --data $(DATA) --split val
+
+bench: $(VENV)/.dev-installed
+	$(PY) -m bench all
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
