@@ -1,0 +1,244 @@
+"""The FastAPI application: routes, error rendering, request metrics and the model lifecycle.
+
+The model loads and warms up in the background after start-up, so /healthz answers at once and
+/readyz turns 200 only when the first request will be fast. Run it with
+``python -m service serve`` or ``uvicorn --factory service.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, TypeVar
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from service.admission import Admission
+from service.engine import Engine
+from service.errors import (
+    HTTP_STATUS_CODES,
+    ClientDisconnected,
+    InvalidImage,
+    InvalidParameters,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    UnsupportedFormat,
+)
+from service.imageio import OutputFormat
+from service.metrics import Metrics
+from service.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Room for multipart boundaries and the small form fields on top of the image itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def _package_version() -> str:
+    try:
+        return version("frlie-serve")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class ErrorBody(BaseModel):
+    """Every error answer has this shape."""
+
+    error: str
+    detail: Any
+
+
+def _error_response(status: int, code: str, detail: Any, metrics: Metrics, headers: dict[str, str] | None = None) -> JSONResponse:
+    metrics.errors.labels(code).inc()
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+class ServiceState:
+    """The loaded pipeline (or why there is none) and the admission queue."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.admission = Admission(settings.queue_size, settings.retry_after_s, metrics.inflight_requests)
+        self.pipeline: Pipeline | None = None
+        self.load_error: str | None = None
+
+    async def load(self) -> None:
+        """Create the session and warm it up in a worker thread, then start batching."""
+        try:
+            engine = await asyncio.to_thread(Engine, self.settings)
+            await asyncio.to_thread(engine.warm_up)
+        except Exception as error:
+            log.exception("loading the model failed")
+            self.load_error = f"{type(error).__name__}: {error}"
+            return
+        self.metrics.model_info.info({"version": engine.model_version, "provider": engine.provider})
+        self.pipeline = Pipeline(engine, self.settings, self.metrics)
+        log.info("ready: model %s on %s", engine.model_version, engine.providers)
+
+    def ready_pipeline(self) -> Pipeline:
+        if self.pipeline is None:
+            detail = self.load_error or "the model is still loading"
+            raise NotReady(detail, self.settings.retry_after_s)
+        return self.pipeline
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the body has already been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; if the client goes away first, cancel it so its queued tiles are withdrawn."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled from outside, e.g. by the request timeout
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnected("the client disconnected before the result was ready")
+    return task.result()
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    error.status_code: {"model": ErrorBody, "description": (error.__doc__ or "").strip()}
+    for error in (InvalidImage, PayloadTooLarge, UnsupportedFormat, InvalidParameters, Overloaded, RequestTimeout)
+}
+IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The enhanced image, same size and orientation as the upright input. Headers: "
+        "X-Model-Version, X-Execution-Provider, X-Tile-Count, X-Inference-Time-Ms.",
+        "content": {fmt.media_type: {"schema": {"type": "string", "format": "binary"}} for fmt in OutputFormat},
+    }
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; with no argument, settings come from FRLIE_* environment variables."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    state = ServiceState(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        loader = asyncio.create_task(state.load(), name="frlie-model-load")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
+            if state.pipeline is not None:
+                await state.pipeline.close()
+
+    app = FastAPI(
+        title="FRLIE Serve",
+        version=_package_version(),
+        description="Low-light image enhancement (FRLIE) on ONNX Runtime. Upload a dark photo to "
+        "`POST /enhance`; large images are processed in exact, seamless tiles and concurrent requests "
+        "share batched model calls. Errors are JSON `{\"error\": code, \"detail\": ...}`.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, error: ServiceError) -> JSONResponse:
+        return _error_response(error.status_code, error.code, error.detail, metrics, error.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        code = HTTP_STATUS_CODES.get(error.status_code, "http_error")
+        return _error_response(error.status_code, code, error.detail, metrics, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+        return _error_response(422, InvalidParameters.code, detail, metrics)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error_response(500, "internal_error", "unexpected server error", metrics)
+
+    @app.post(
+        "/enhance",
+        summary="Enhance a low-light image",
+        response_class=Response,
+        responses={**IMAGE_RESPONSE, **ERROR_RESPONSES},
+        tags=["enhance"],
+    )
+    async def enhance(
+        request: Request,
+        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or TIFF image (multipart field `image`).")],
+        format_field: Annotated[
+            OutputFormat | None, Form(alias="format", description="Output encoding; default PNG, or JPEG for JPEG input.")
+        ] = None,
+        quality_field: Annotated[
+            int | None, Form(alias="quality", ge=1, le=100, description="JPEG/WebP quality (1-100).")
+        ] = None,
+        format_query: Annotated[
+            OutputFormat | None, Query(alias="format", description="Same as the form field (the form field wins).")
+        ] = None,
+        quality_query: Annotated[
+            int | None, Query(alias="quality", ge=1, le=100, description="Same as the form field (the form field wins).")
+        ] = None,
+    ) -> Response:
+        pipeline = state.ready_pipeline()
+        with state.admission.slot():
+            if image.size is not None and image.size > settings.max_upload_bytes:
+                raise PayloadTooLarge(f"the image is {image.size} bytes; the limit is {settings.max_upload_bytes}")
+            data = await image.read()
+            work = pipeline.process(data, format_field or format_query, quality_field or quality_query)
+            try:
+                async with asyncio.timeout(settings.request_timeout_s):
+                    result = await _unless_disconnected(request, work)
+            except TimeoutError:
+                raise RequestTimeout(f"not finished within {settings.request_timeout_s:g} s") from None
+        headers = {
+            "X-Model-Version": pipeline.engine.model_version,
+            "X-Execution-Provider": pipeline.engine.provider,
+            "X-Tile-Count": str(result.tiles),
+            "X-Inference-Time-Ms": f"{result.inference_seconds * 1000:.1f}",
+        }
+        return Response(result.data, media_type=result.spec.format.media_type, headers=headers)
+
+    @app.get("/healthz", summary="Liveness: the process is up", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: the model is loaded and warmed up",
+        tags=["operations"],
+        responses={503: {"model": ErrorBody, "description": "Still loading, or loading failed (see detail)."}},
+    )
+    async def readyz() -> dict[str, Any]:
+        pipeline = state.ready_pipeline()
+        return {"status": "ready", **pipeline.engine.describe(), "settings": settings.public_view()}
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)", tags=["operations"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

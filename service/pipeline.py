@@ -1,0 +1,100 @@
+"""The one path from uploaded bytes to encoded result, shared by the HTTP route and the CLI.
+
+decode (worker thread) -> tiles through the batcher (extraction and stitching happen in the
+inference thread, straight into one preallocated output) -> encode (worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from service import imageio
+from service.batcher import Batcher, BatchReport
+from service.engine import Engine
+from service.imageio import OutputFormat, OutputSpec
+from service.metrics import Metrics
+from service.settings import Settings
+from service.tiling import extract_tile, stitch_tile
+
+
+@dataclass(frozen=True)
+class Enhancement:
+    """Enhanced pixels and what it took to make them."""
+
+    pixels: np.ndarray  # H x W x 3, uint8 or float32
+    tiles: int
+    inference_seconds: float  # total of the ORT calls that carried this image's work
+
+
+@dataclass(frozen=True)
+class EnhancedFile:
+    """An encoded result, ready to send or write."""
+
+    data: bytes
+    spec: OutputSpec
+    width: int
+    height: int
+    tiles: int
+    inference_seconds: float
+
+
+class Pipeline:
+    """Engine + batcher + image codecs; create it inside the event loop that will use it."""
+
+    def __init__(self, engine: Engine, settings: Settings, metrics: Metrics) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.batcher = Batcher(
+            engine.run,
+            batch_limit=engine.batch_limit,
+            max_delay_s=settings.max_batch_delay_s,
+            workers=settings.inference_workers,
+            pad_batches=engine.pad_batches,
+            metrics=metrics,
+        )
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    async def enhance_pixels(self, image: np.ndarray, out_dtype: type = np.uint8) -> Enhancement:
+        """Enhance H x W x 3 (uint8, or float32 in [0, 1]); uint8 output is rounded, float is raw."""
+        height, width = image.shape[:2]
+        plan = self.engine.plan(height, width)
+        output = np.empty((height, width, 3), dtype=out_dtype)
+        shape = (3, *plan.window_shape)
+        # Two batches' worth of tiles in the batcher keeps the model busy while finished ones are
+        # replaced, and bounds memory no matter how large the image is.
+        tiles_in_flight = 2 * self.engine.batch_limit(*plan.window_shape)
+        pending: deque[asyncio.Future[BatchReport]] = deque()
+        reports: set[BatchReport] = set()
+        try:
+            for tile in plan.tiles:
+                if len(pending) >= tiles_in_flight:
+                    reports.add(await pending.popleft())
+                fill = partial(extract_tile, image, plan, tile)
+                store = partial(stitch_tile, output, tile)
+                pending.append(self.batcher.submit(shape, fill, store))
+            while pending:
+                reports.add(await pending.popleft())
+        finally:
+            for future in pending:  # only non-empty on error or cancellation
+                future.cancel()
+        self.metrics.tiles_per_request.observe(len(plan.tiles))
+        self.metrics.pixels_processed.inc(height * width)
+        return Enhancement(output, len(plan.tiles), sum(report.inference_seconds for report in reports))
+
+    async def process(self, data: bytes, requested: OutputFormat | None = None, quality: int | None = None) -> EnhancedFile:
+        """Decode, enhance and encode one uploaded file."""
+        decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels)
+        spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
+        width, height, alpha, icc_profile = decoded.width, decoded.height, decoded.alpha, decoded.icc_profile
+        enhancement = await self.enhance_pixels(decoded.rgb)
+        del decoded  # the input pixels are not needed while encoding; free them first
+        encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
+        return EnhancedFile(encoded, spec, width, height, enhancement.tiles, enhancement.inference_seconds)

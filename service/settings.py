@@ -1,0 +1,129 @@
+"""Every limit and knob of the service, read from ``FRLIE_*`` environment variables.
+
+Defaults serve the bundled 4-block model safely on one GPU or a few CPU cores: images up to
+50 MP / 50 MiB, tiles of 256 output pixels so memory does not grow with the image, and a short
+bounded queue so overload is answered with 503 instead of ever-growing latency.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FRLIE_"
+# The service's own package sits next to the `model` package, which carries the bundled weights.
+BUNDLED_MODEL_PATH = Path(__file__).resolve().parents[1] / "model" / "weights" / "frlie.onnx"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class Settings(BaseSettings):
+    """Service configuration; each field is the environment variable ``FRLIE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- model and ONNX Runtime -------------------------------------------------------------
+    model_path: Path = Field(
+        BUNDLED_MODEL_PATH,
+        description="ONNX file exported by `python -m training export`; defaults to the bundled model.",
+    )
+    providers: Annotated[list[str], NoDecode] = Field(
+        [CUDA_PROVIDER, CPU_PROVIDER],
+        min_length=1,
+        description="ONNX Runtime execution providers in order of preference, comma-separated or a JSON "
+        "list. Unavailable ones are skipped by ORT; /readyz reports the one actually in use.",
+    )
+    device_id: int = Field(0, ge=0, description="GPU index for the CUDA provider.")
+    intra_op_threads: int = Field(
+        0, ge=0, description="Threads ORT uses inside one operator; 0 lets ORT pick (one per physical core)."
+    )
+    inference_workers: int = Field(
+        1, ge=1, le=16, description="ORT calls allowed to run at once. 1 is best on CPU (intra-op threads "
+        "already use every core); 2 can hide host/device copies on a GPU.",
+    )
+    io_binding: bool | None = Field(
+        None, description="Bind inputs/outputs with ORT IOBinding (ORT writes straight into the output "
+        "buffer). Unset: on when CUDA is the active provider.",
+    )
+    fixed_batch_shapes: bool | None = Field(
+        None, description="Pad every batch to its size limit so the device only ever sees the warmed-up "
+        "shapes (no re-planning or cuDNN algorithm search at request time). Unset: on when CUDA is active.",
+    )
+
+    # --- tiling ----------------------------------------------------------------------------
+    tile_size: int = Field(
+        256, ge=4, description="Output pixels per tile side (the tile core). The model input tile is this "
+        "plus a halo on each side of at least the model's receptive radius (148 px for the 4-block model, "
+        "so 552 x 552). Rounded up to the model's size multiple. Images with no more pixels than one tile "
+        "run whole.",
+    )
+
+    # --- batching and queueing -------------------------------------------------------------
+    batching: bool = Field(
+        True, description="Combine same-shape work (tiles, or whole images of one size) from concurrent "
+        "requests into one ORT call. Off: every tile or image runs alone (for measuring the effect).",
+    )
+    max_batch_size: int = Field(4, ge=1, le=64, description="Most tiles or images in one ORT call.")
+    max_batch_pixels: int | None = Field(
+        None, ge=1, description="Most pixels in one ORT call, which bounds ORT's working memory (on CPU about "
+        "1 GB per megapixel for the 4-block model). Unset: one tile's worth on CPU (tiles run one at a time, "
+        "small images still batch), no limit on a GPU.",
+    )
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long a partial batch waits for more same-shape work."
+    )
+    queue_size: int = Field(
+        8, ge=1, description="Most /enhance requests admitted at once (queued or running); more get 503 "
+        "with Retry-After. Admitted requests hold their decoded image and its output, so this also bounds "
+        "memory (worst case about queue_size x 6 bytes x max_pixels).",
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Per-request limit for decoding, queueing, inference and encoding; 504 after."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
+
+    # --- input limits and output encoding --------------------------------------------------
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, ge=1, description="Largest accepted upload (bytes); enforced while receiving."
+    )
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="Largest accepted image (width x height), checked from the header "
+        "before decoding so decompression bombs cost nothing.",
+    )
+    default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when the request names none.")
+
+    # --- server ----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `python -m service serve` binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `python -m service serve` binds.")
+    graceful_shutdown_s: int = Field(
+        30, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        """Accept `CUDAExecutionProvider,CPUExecutionProvider` as well as a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        return value
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+    @property
+    def effective_max_batch_size(self) -> int:
+        """Batching off means every ORT call carries exactly one tile or image."""
+        return self.max_batch_size if self.batching else 1
+
+    def public_view(self) -> dict[str, object]:
+        """The settings that matter to operators, for /readyz (no paths beyond the file name)."""
+        data = self.model_dump(exclude={"model_path", "host", "port", "log_level"})
+        data["model_file"] = self.model_path.name
+        return data
