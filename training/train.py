@@ -24,9 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from model import FRLIE, FRLIEConfig, enhance, load_weights, save_weights
+from model import FRLIE, FRLIEConfig, load_weights, save_weights
 from training import distributed as dist_utils
-from training.data import PairedImages, list_pairs, load_rgb, to_tensor, to_uint8
+from training.data import PairedImages, list_pairs, load_rgb
 from training.losses import LossTerms, reconstruction_loss, restoration_loss
 
 STAGES = ("stage1", "stage2", "e2e")
@@ -287,16 +287,16 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """PSNR / SSIM on the 8-bit outputs of whole val images (stage 1: reconstruction of high)."""
+        from training.inference import model_enhancer
         from training.metrics import psnr, ssim
 
         self.model.eval()
+        net = self.model.reconstruct if self.stage == "stage1" else self.model
+        run = model_enhancer(net, self.device)
         scores: list[tuple[float, float]] = []
         for pair in self.val_pairs:
             high = load_rgb(pair.high)
-            source = high if self.stage == "stage1" else load_rgb(pair.low)
-            batch = to_tensor(source).unsqueeze(0).to(self.device)
-            net = self.model.reconstruct if self.stage == "stage1" else self.model
-            output = to_uint8(enhance(net, batch)[0])
+            output = run(high if self.stage == "stage1" else load_rgb(pair.low))
             scores.append((psnr(output, high), ssim(output, high)))
         return {"psnr": float(np.mean([s[0] for s in scores])), "ssim": float(np.mean([s[1] for s in scores]))}
 
