@@ -114,3 +114,14 @@ def test_ddp_with_two_cpu_processes(synthetic_data: Path, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr[-3000:]
     _, payload = load_weights(tmp_path / "last.pt")
     assert payload["step"] == 3 and payload["world_size"] == 2
+
+
+def test_curves_command_plots_validation_psnr(stage1_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "curves.png"
+    assert main(["curves", f"stage1={stage1_run}", "--out", str(out), "--reference", "21.5"]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width > 300 and image.height > 200
+    with pytest.raises(SystemExit, match="no val.csv"):
+        main(["curves", str(tmp_path), "--out", str(out)])
