@@ -28,7 +28,7 @@ EXIT_USAGE = 2
 GLIBC_M_MMAP_THRESHOLD = -3  # mallopt parameter number from <malloc.h>
 
 
-def _return_freed_buffers_to_the_os() -> None:
+def return_freed_buffers_to_the_os() -> None:
     """Make glibc serve allocations >= 1 MiB with mmap, so image buffers go back to the OS when freed.
 
     Otherwise its adaptive threshold soon keeps such buffers in per-thread heaps, and a process
@@ -57,7 +57,7 @@ def serve(args: argparse.Namespace) -> int:
     if _model_missing(settings):
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _return_freed_buffers_to_the_os()
+    return_freed_buffers_to_the_os()
     config = uvicorn.Config(
         create_app(settings),
         host=args.host or settings.host,
@@ -132,7 +132,7 @@ def enhance(args: argparse.Namespace) -> int:
     if not jobs:
         print("error: no images found (accepted: " + ", ".join(sorted(INPUT_SUFFIXES)) + ")", file=sys.stderr)
         return EXIT_USAGE
-    _return_freed_buffers_to_the_os()
+    return_freed_buffers_to_the_os()
     return asyncio.run(_enhance_files(jobs, settings, args.format, args.quality, args.jobs))
 
 

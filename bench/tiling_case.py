@@ -1,0 +1,81 @@
+"""One tiling measurement, run inside a fresh process by bench.isolate (see tiling_bench).
+
+Imports only the service and numpy (no torch), so the process's memory is what a serving
+process would hold: the ORT session, the image, and what enhancing it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.images import dark_photo
+from bench.isolate import current_rss_bytes, reset_peak_rss
+from bench.service_config import check_provider, service_env, settings_from
+from service.cli import return_freed_buffers_to_the_os
+from service.engine import Engine
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+
+async def _enhance_times(engine: Engine, settings: Settings, image: np.ndarray, runs: int) -> list[float]:
+    """Seconds per image through the service's Pipeline (batcher, tile extraction and stitching)."""
+    pipeline = Pipeline(engine, settings, Metrics())
+    times = []
+    try:
+        for _ in range(runs):
+            started = time.perf_counter()
+            await pipeline.enhance_pixels(image)
+            times.append(time.perf_counter() - started)
+    finally:
+        await pipeline.close()
+    return times
+
+
+def enhance(
+    model_path: str, device: str, width: int, height: int, mode: str, tile_size: int | None, repeats: int
+) -> dict[str, Any]:
+    """Time ``repeats`` enhancements of a width x height image, tiled (``tile_size``, None = the
+    service default; an image no bigger than one tile runs whole, as in the service) or whole.
+    Both are warmed up first, as a running service would be: tiles by Engine.warm_up, the
+    whole-image shape by one untimed run (reported as ``first_run_s``)."""
+    return_freed_buffers_to_the_os()  # as `python -m service serve` does, or RSS would measure glibc's caching
+    whole = mode == "whole"
+    overrides: dict[str, object] = {"tile_size": tile_size} if tile_size else {}
+    if whole:  # one window holding the whole image, never padded to a batch of copies (GPU default)
+        overrides = {"tile_size": max(width, height), "fixed_batch_shapes": False}
+    settings = settings_from(service_env(Path(model_path), device, **overrides))
+    engine = Engine(settings)
+    check_provider(device, engine.providers)
+    image = dark_photo((width, height))
+    plan = engine.plan(height, width)
+    if whole and not plan.is_whole_image:
+        raise ValueError(f"whole-image run of {width}x{height} planned {len(plan.tiles)} tiles")
+    base_rss = current_rss_bytes()
+    peak_reset = reset_peak_rss()
+    first_run_s = None
+    if whole:
+        first_run_s = asyncio.run(_enhance_times(engine, settings, image, 1))[0]
+    else:
+        engine.warm_up()
+    seconds = asyncio.run(_enhance_times(engine, settings, image, repeats))
+    window_h, window_w = plan.window_shape
+    return {
+        "mode": mode,
+        "provider": engine.provider,
+        "tile_core": None if whole else engine.tile_core,
+        "window": [window_h, window_w],
+        "tiles": len(plan.tiles),
+        "batch_limit": engine.batch_limit(window_h, window_w),
+        "computed_pixel_ratio": len(plan.tiles) * window_h * window_w / (width * height),
+        "first_run_s": first_run_s,
+        "seconds": seconds,
+        "median_s": float(np.median(seconds)),
+        "base_rss_bytes": base_rss,
+        "peak_counts_from_base": peak_reset,
+    }
