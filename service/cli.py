@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance_parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     enhance_parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     enhance_parser.add_argument(
-        "--format", type=OutputFormat, choices=list(OutputFormat), default=None,
+        "--format", type=OutputFormat, choices=list(OutputFormat), default=None, metavar="{png,jpeg,webp}",
         help="output encoding (default: PNG, or JPEG for JPEG input)",
     )
     enhance_parser.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100", default=None)
