@@ -287,8 +287,13 @@ def test_a_client_that_disconnects_leaves_no_work_behind(server: ServerProcess) 
 # --- queue limit, timeout, batching off --------------------------------------------------------
 
 
+# ~2,900 tiles of the tiny model: seconds of work even on a fast idle machine, far past the 1 s timeout.
+def _slow_upload() -> bytes:
+    return encode_image(dark_image(3000, 4000, noise=0), "PNG")
+
+
 def test_timeout_answers_504_and_withdraws_the_work(strict_server: ServerProcess) -> None:
-    response = _post(strict_server, encode_image(dark_image(1000, 1500, noise=0), "PNG"))
+    response = _post(strict_server, _slow_upload())
     _assert_error(response, 504, "timeout")
     strict_server.wait_for_metric("frlie_queue_depth", 0)
     strict_server.wait_for_metric("frlie_inflight_requests", 0)
@@ -296,7 +301,7 @@ def test_timeout_answers_504_and_withdraws_the_work(strict_server: ServerProcess
 
 def test_full_queue_answers_503_and_recovers(strict_server: ServerProcess) -> None:
     small = encode_image(dark_image(40, 40), "PNG")
-    slow = threading.Thread(target=_post, args=(strict_server, encode_image(dark_image(1000, 1500, noise=0), "PNG")))
+    slow = threading.Thread(target=_post, args=(strict_server, _slow_upload()))
     slow.start()
     try:
         strict_server.wait_for_metric("frlie_inflight_requests", 1)
