@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import MIN_SIDE, SIZE_MULTIPLE, enhance, load_weights
+from model import enhance, load_weights, pad_to_multiple
 from training.data import to_tensor, to_uint8
 
 ONNX_SUFFIX = ".onnx"
@@ -56,22 +56,11 @@ def model_enhancer(
     return Enhancer(run, "checkpoint", description)
 
 
-def _padding_mode(pad: int, size: int) -> str:
-    """Reflect like ``model.pad_to_multiple`` does, so ONNX and PyTorch see the same padded pixels."""
-    return "reflect" if pad < size else "edge"
-
-
 def pad_image(image: np.ndarray) -> np.ndarray:
-    """Pad H x W x C bottom/right to multiples of SIZE_MULTIPLE and at least MIN_SIDE per side."""
-    height, width = image.shape[:2]
-    target_h = max(MIN_SIDE, -(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE)
-    target_w = max(MIN_SIDE, -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE)
-    pad_h, pad_w = target_h - height, target_w - width
-    if pad_w:
-        image = np.pad(image, ((0, 0), (0, pad_w), (0, 0)), mode=_padding_mode(pad_w, width))
-    if pad_h:
-        image = np.pad(image, ((0, pad_h), (0, 0), (0, 0)), mode=_padding_mode(pad_h, height))
-    return image
+    """Pad H x W x C bottom/right exactly as ``model.pad_to_multiple`` does, so ONNX and PyTorch see
+    the same pixels (multiples of SIZE_MULTIPLE, at least MIN_SIDE per side)."""
+    batch = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float()
+    return pad_to_multiple(batch)[0].permute(1, 2, 0).numpy().astype(image.dtype)
 
 
 _ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
