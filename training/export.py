@@ -130,12 +130,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    model, payload = load_weights(args.checkpoint)
-    metadata: dict[str, Any] = {"training_data": args.training_data}
-    metadata["model_version"] = args.model_version or f"{payload.get('stage', 'model')}-step{payload.get('step', 0)}"
+def checkpoint_metadata(payload: dict[str, Any], *, model_version: str | None, training_data: str) -> dict[str, Any]:
+    """ONNX metadata for a training checkpoint: version (default: stage and step), data, val metrics."""
+    metadata: dict[str, Any] = {"training_data": training_data}
+    metadata["model_version"] = model_version or f"{payload.get('stage', 'model')}-step{payload.get('step', 0)}"
     if "metrics" in payload:
         metadata["validation_metrics"] = payload["metrics"]
+    return metadata
+
+
+def run(args: argparse.Namespace) -> int:
+    model, payload = load_weights(args.checkpoint)
+    metadata = checkpoint_metadata(payload, model_version=args.model_version, training_data=args.training_data)
     report = export_onnx(model, args.out, fp16=args.fp16, metadata=metadata)
     size_mb = args.out.stat().st_size / 1e6
     print(f"wrote {args.out} ({size_mb:.1f} MB, {'fp16' if args.fp16 else 'fp32'})")

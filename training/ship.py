@@ -1,0 +1,125 @@
+"""`python -m training ship`: turn a finished training run into the files that `model/weights/` holds.
+
+Shipping by hand (export, copy the weights, rewrite the training record) is where provenance gets
+lost, so this command does all three from the run directories themselves: the fp32 ONNX the service
+loads, the lean PyTorch weights it was exported from, and `training-config.json` with every argument,
+step count and wall time of both stages. It refuses to replace shipped weights unless the new ones
+are better on validation PSNR by `--min-gain-db` (the project keeps weight history small), which
+`--force` overrides for a documented reason (e.g. a large SSIM gain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import load_weights, save_weights
+from training.export import checkpoint_metadata, export_onnx
+
+ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME = "frlie.onnx", "frlie.pt", "training-config.json"
+LAST, BEST = "last.pt", "best.pt"
+
+
+def _payload(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _run_record(run_dir: Path, selected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Arguments, steps and wall time of one training run, read from its resumable checkpoint."""
+    last_path = run_dir / LAST
+    if not last_path.exists():
+        raise SystemExit(f"{last_path} not found: ship needs the run directory written by training")
+    last = _payload(last_path)
+    record: dict[str, Any] = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in last.get("args", {}).items() if k != "func"},
+        "steps_done": int(last["step"]),
+        "wall_seconds": round(float(last.get("elapsed_s", 0.0)), 1),
+    }
+    if selected is not None:
+        record["selected_step"] = int(selected["step"])
+        record["selected_val"] = selected.get("metrics", {})
+    return record
+
+
+def training_record(run_dir: Path, model_config: dict[str, Any]) -> dict[str, Any]:
+    """The whole training history of the checkpoint ``run_dir/best.pt``: stage 1 too, for stage 2."""
+    best = _payload(run_dir / BEST)
+    stage = best.get("stage", "stage2")
+    record: dict[str, Any] = {"architecture": model_config}
+    run = _run_record(run_dir, best)
+    stage1_path = run["args"].get("stage1")
+    if stage == "stage2" and stage1_path:
+        stage1_file = Path(stage1_path)
+        if not stage1_file.exists():
+            raise SystemExit(f"the stage-1 checkpoint this run started from, {stage1_file}, is gone")
+        stage1_used = _payload(stage1_file)
+        record["stage1"] = _run_record(stage1_file.parent, stage1_used)
+        record["stage1"]["checkpoint"] = stage1_file.name
+    record[stage] = run
+    return record
+
+
+def _current_psnr(dest: Path) -> float | None:
+    shipped = dest / WEIGHTS_NAME
+    if not shipped.exists():
+        return None
+    return _payload(shipped).get("metrics", {}).get("val_psnr")
+
+
+def ship(run_dir: Path, dest: Path, *, model_version: str, training_data: str, min_gain_db: float,
+         force: bool) -> dict[str, Any]:
+    """Export and write the three shipped files into ``dest``; returns a summary of what was done."""
+    best_path = run_dir / BEST
+    if not best_path.exists():
+        raise SystemExit(f"{best_path} not found: the run has not validated yet")
+    model, payload = load_weights(best_path)
+    new_psnr = payload.get("metrics", {}).get("val_psnr")
+    old_psnr = _current_psnr(dest)
+    if old_psnr is not None and not force:
+        if new_psnr is None or new_psnr < old_psnr + min_gain_db:
+            raise SystemExit(
+                f"not shipping: val PSNR {new_psnr} dB does not beat the shipped {old_psnr:.3f} dB by "
+                f"{min_gain_db} dB (use --force, and say why, to replace it anyway)"
+            )
+    record = training_record(run_dir, model.config.to_dict())
+    metadata = checkpoint_metadata(payload, model_version=model_version, training_data=training_data)
+    dest.mkdir(parents=True, exist_ok=True)
+    # Everything is written next to dest first, then moved in, so a failed export ships nothing.
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".ship-") as staging_dir:
+        staging = Path(staging_dir)
+        report = export_onnx(model, staging / ONNX_NAME, metadata=metadata)
+        save_weights(model, staging / WEIGHTS_NAME, stage=payload.get("stage"), step=payload.get("step"),
+                     metrics=payload.get("metrics", {}), model_version=model_version)
+        (staging / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        for name in (ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME):
+            shutil.move(staging / name, dest / name)
+    return {"step": payload.get("step"), "val": payload.get("metrics", {}), "previous_val_psnr": old_psnr,
+            "onnx_max_abs_diff": report["max_abs_diff"], "onnx_mb": (dest / ONNX_NAME).stat().st_size / 1e6}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ship", help="export a run's best checkpoint into model/weights with its record")
+    parser.add_argument("--run", required=True, type=Path, help="training run directory (holds best.pt, last.pt)")
+    parser.add_argument("--dest", type=Path, default=Path("model/weights"), help="where the shipped files go")
+    parser.add_argument("--model-version", required=True, help="version string stored in the ONNX metadata")
+    parser.add_argument("--training-data", default="lol-pairs/train (247 pairs)", help="stored in the metadata")
+    parser.add_argument("--min-gain-db", type=float, default=0.2,
+                        help="val PSNR gain over the shipped weights needed to replace them")
+    parser.add_argument("--force", action="store_true", help="replace the shipped weights without the gain")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = ship(args.run, args.dest, model_version=args.model_version, training_data=args.training_data,
+                   min_gain_db=args.min_gain_db, force=args.force)
+    val = summary["val"]
+    print(f"shipped step {summary['step']} to {args.dest}: val PSNR {val.get('val_psnr', float('nan')):.3f} dB, "
+          f"SSIM {val.get('val_ssim', float('nan')):.4f} (previous: {summary['previous_val_psnr']}); "
+          f"{ONNX_NAME} {summary['onnx_mb']:.1f} MB, max |onnx - torch| {summary['onnx_max_abs_diff']:.1e}")
+    return 0
