@@ -6,13 +6,15 @@ DATA ?= ../shared/data/lol-pairs
 RUNS ?= ../runs
 MODEL ?= model/weights/frlie.onnx
 CHECKPOINT ?= $(RUNS)/stage2/best.pt
+RUN ?= $(RUNS)/stage2
+VERSION ?= $(notdir $(RUN))
 # Training: the settings that produced the shipped model (model/MODEL_CARD.md). Runs resume from their
 # last.pt, so repeating a target continues it; raise the step counts to train longer.
 STAGE1_MINUTES ?= 20
 STAGE2_MINUTES ?= 80
 TRAIN_FLAGS ?= --crop 128 --batch-size 16 --precision bf16 --resume
 
-.PHONY: help serve test train ablation export evaluate bench clean
+.PHONY: help serve test train ablation export ship evaluate bench clean
 
 help:
 	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
@@ -20,6 +22,7 @@ help:
 	@echo "make train     stage 1 then stage 2 on DATA=$(DATA), runs in RUNS=$(RUNS) (resumable)"
 	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
 	@echo "make export    export CHECKPOINT=$(CHECKPOINT) to MODEL=$(MODEL)"
+	@echo "make ship      export RUN=$(RUN) into model/weights with its training record (0.2 dB rule)"
 	@echo "make evaluate  PSNR/SSIM/NIQE of MODEL on DATA/val with baselines"
 	@echo "make bench     CPU benchmarks"
 
@@ -52,6 +55,9 @@ ablation: $(VENV)/.dev-installed
 
 export: $(VENV)/.dev-installed
 	$(PY) -m training export --checkpoint $(CHECKPOINT) --out $(MODEL)
+
+ship: $(VENV)/.dev-installed
+	$(PY) -m training ship --run $(RUN) --model-version "$(VERSION)"
 
 evaluate: $(VENV)/.dev-installed
 	$(PY) -m training evaluate --model $(MODEL) --data $(DATA) --split val
