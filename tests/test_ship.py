@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -29,6 +30,11 @@ def stage2_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     return stage2
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
 def _ship(run: Path, dest: Path, *extra: str) -> int:
     return main(["ship", "--run", str(run), "--dest", str(dest), "--model-version", "test-1", *extra])
 
@@ -53,7 +59,9 @@ def test_ship_writes_onnx_weights_and_full_training_record(stage2_run: Path, shi
     assert record["stage2"]["steps_done"] == 4 and record["stage2"]["selected_step"] == best["step"]
     assert record["stage2"]["args"]["stage1"].endswith("best.pt")
     assert record["stage1"]["steps_done"] == 4 and record["stage1"]["checkpoint"] == "best.pt"
-    assert record["stage1"]["wall_seconds"] > 0 and "val_psnr" in record["stage1"]["selected_val"]
+    stage1_last = torch.load(stage2_run.parent / "stage1" / "last.pt", weights_only=False)
+    assert record["stage1"]["wall_seconds"] == round(stage1_last["elapsed_s"], 1)
+    assert "val_psnr" in record["stage1"]["selected_val"]
 
     meta = read_metadata(shipped / "frlie.onnx")
     assert meta["model_version"] == "test-1"
@@ -73,10 +81,44 @@ def test_ship_refuses_to_replace_weights_without_the_required_gain(
     with pytest.raises(SystemExit, match="does not beat the shipped"):
         _ship(stage2_run, tmp_path)
     assert (tmp_path / "frlie.pt").read_bytes() == before  # nothing was touched
-    assert _ship(stage2_run, tmp_path, "--force") == 0
+    # --force replaces them; --checkpoint last ships the end of the schedule with its val.csv metrics.
+    assert _ship(stage2_run, tmp_path, "--force", "--checkpoint", "last") == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ship-")]  # staging cleaned up
+    _, weights = load_weights(tmp_path / "frlie.pt")
+    final = _rows(stage2_run / "val.csv")[-1]
+    assert weights["step"] == int(final["step"]) == 4
+    assert weights["metrics"] == {"val_psnr": float(final["psnr"]), "val_ssim": float(final["ssim"])}
+    record = json.loads((tmp_path / "training-config.json").read_text())
+    assert record["stage2"]["selected_step"] == 4
 
 
 def test_ship_without_a_validated_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="best.pt not found"):
         _ship(tmp_path / "nothing", tmp_path / "dest")
+
+
+def test_average_of_checkpoints_is_validated_and_ships(stage2_run: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    assert main(["average", "--run", str(stage2_run), "--data", str(synthetic_data), "--threads", "1"]) == 0
+    averaged, payload = load_weights(stage2_run / "averaged.pt")
+    best, best_payload = load_weights(stage2_run / "best.pt")
+    last, last_payload = load_weights(stage2_run / "last.pt")
+    assert payload["averaged_from"] == [{"file": "best.pt", "step": best_payload["step"]},
+                                        {"file": "last.pt", "step": last_payload["step"]}]
+    assert set(payload["metrics"]) == {"val_psnr", "val_ssim"} and payload["metrics"]["val_psnr"] > 0
+    for name, tensor in averaged.state_dict().items():
+        if tensor.is_floating_point():
+            expected = (best.state_dict()[name] + last.state_dict()[name]) / 2
+            assert torch.allclose(tensor, expected, atol=1e-7), name
+    # The frozen encoder is shared by both checkpoints, so averaging leaves it exactly as it was.
+    for name, tensor in averaged.encoder.state_dict().items():
+        assert torch.equal(tensor, best.encoder.state_dict()[name]), name
+
+    assert _ship(stage2_run, tmp_path, "--checkpoint", "averaged") == 0
+    record = json.loads((tmp_path / "training-config.json").read_text())
+    assert record["stage2"]["averaged_from"] == payload["averaged_from"]
+    assert record["stage2"]["selected_val"] == pytest.approx(payload["metrics"])
+
+
+def test_average_needs_two_checkpoints_of_the_same_network(stage2_run: Path, synthetic_data: Path) -> None:
+    with pytest.raises(SystemExit, match="at least two"):
+        main(["average", "--run", str(stage2_run), "--data", str(synthetic_data), "--checkpoints", "best.pt"])

@@ -1,4 +1,4 @@
-"""`python -m training SUBCOMMAND ...`: stage1, stage2, e2e, evaluate, niqe, export, ship, curves."""
+"""`python -m training SUBCOMMAND ...`: stage1, stage2, e2e, evaluate, niqe, export, average, ship, curves."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `--help` of one command does not pay for the others' imports twice.
-    from training import curves, evaluate, export, niqe, ship, train
+    from training import average, curves, evaluate, export, niqe, ship, train
 
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (train, evaluate, niqe, export, ship, curves):
+    for module in (train, evaluate, niqe, export, average, ship, curves):
         module.add_parser(subparsers)
     return parser
 

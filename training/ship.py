@@ -5,12 +5,15 @@ lost, so this command does all three from the run directories themselves: the fp
 loads, the lean PyTorch weights it was exported from, and `training-config.json` with every argument,
 step count and wall time of both stages. It refuses to replace shipped weights unless the new ones
 are better on validation PSNR by `--min-gain-db` (the project keeps weight history small), which
-`--force` overrides for a documented reason (e.g. a large SSIM gain).
+`--force` overrides for a documented reason (e.g. a large SSIM gain). `--checkpoint last` ships the
+end of the learning-rate schedule instead of the best-PSNR checkpoint, free of selection on val;
+`--checkpoint averaged` ships the weight average written by `python -m training average`.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import tempfile
@@ -19,11 +22,13 @@ from typing import Any
 
 import torch
 
-from model import load_weights, save_weights
+from model import FRLIE, load_weights, save_weights
+from training.average import AVERAGED
 from training.export import checkpoint_metadata, export_onnx
 
 ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME = "frlie.onnx", "frlie.pt", "training-config.json"
 LAST, BEST = "last.pt", "best.pt"
+CHECKPOINT_FILES = {"best": BEST, "last": LAST, "averaged": AVERAGED}
 
 
 def _payload(path: Path) -> dict[str, Any]:
@@ -44,15 +49,16 @@ def _run_record(run_dir: Path, selected: dict[str, Any] | None = None) -> dict[s
     if selected is not None:
         record["selected_step"] = int(selected["step"])
         record["selected_val"] = selected.get("metrics", {})
+        if "averaged_from" in selected:
+            record["averaged_from"] = selected["averaged_from"]
     return record
 
 
-def training_record(run_dir: Path, model_config: dict[str, Any]) -> dict[str, Any]:
-    """The whole training history of the checkpoint ``run_dir/best.pt``: stage 1 too, for stage 2."""
-    best = _payload(run_dir / BEST)
-    stage = best.get("stage", "stage2")
+def training_record(run_dir: Path, shipped: dict[str, Any], model_config: dict[str, Any]) -> dict[str, Any]:
+    """The whole training history of the shipped checkpoint of ``run_dir``: stage 1 too, for stage 2."""
+    stage = shipped.get("stage", "stage2")
     record: dict[str, Any] = {"architecture": model_config}
-    run = _run_record(run_dir, best)
+    run = _run_record(run_dir, shipped)
     stage1_path = run["args"].get("stage1")
     if stage == "stage2" and stage1_path:
         stage1_file = Path(stage1_path)
@@ -72,13 +78,33 @@ def _current_psnr(dest: Path) -> float | None:
     return _payload(shipped).get("metrics", {}).get("val_psnr")
 
 
+def _final_val(run_dir: Path, step: int) -> dict[str, float]:
+    """Validation metrics of ``step`` from the run's val.csv (training validates its last step)."""
+    val_csv = run_dir / "val.csv"
+    rows = list(csv.DictReader(val_csv.open())) if val_csv.exists() else []
+    for row in rows:
+        if int(row["step"]) == step:
+            return {"val_psnr": float(row["psnr"]), "val_ssim": float(row["ssim"])}
+    raise SystemExit(f"step {step} of {run_dir} was never validated: let the run finish, or ship best.pt")
+
+
+def select_checkpoint(run_dir: Path, which: str) -> tuple[FRLIE, dict[str, Any]]:
+    """The model and metadata to ship: 'best' (best val PSNR), 'last' (the end of the schedule) or
+    'averaged' (written by `python -m training average`, with its own validation metrics)."""
+    path = run_dir / CHECKPOINT_FILES[which]
+    if not path.exists():
+        raise SystemExit(f"{path} not found: the run has not validated yet")
+    model, payload = load_weights(path)
+    if which == "last":
+        payload = {"stage": payload.get("stage"), "step": payload["step"], "config": payload["config"],
+                   "metrics": _final_val(run_dir, int(payload["step"]))}
+    return model, payload
+
+
 def ship(run_dir: Path, dest: Path, *, model_version: str, training_data: str, min_gain_db: float,
-         force: bool) -> dict[str, Any]:
+         force: bool, which: str = "best") -> dict[str, Any]:
     """Export and write the three shipped files into ``dest``; returns a summary of what was done."""
-    best_path = run_dir / BEST
-    if not best_path.exists():
-        raise SystemExit(f"{best_path} not found: the run has not validated yet")
-    model, payload = load_weights(best_path)
+    model, payload = select_checkpoint(run_dir, which)
     new_psnr = payload.get("metrics", {}).get("val_psnr")
     old_psnr = _current_psnr(dest)
     if old_psnr is not None and not force:
@@ -87,7 +113,7 @@ def ship(run_dir: Path, dest: Path, *, model_version: str, training_data: str, m
                 f"not shipping: val PSNR {new_psnr} dB does not beat the shipped {old_psnr:.3f} dB by "
                 f"{min_gain_db} dB (use --force, and say why, to replace it anyway)"
             )
-    record = training_record(run_dir, model.config.to_dict())
+    record = training_record(run_dir, payload, model.config.to_dict())
     metadata = checkpoint_metadata(payload, model_version=model_version, training_data=training_data)
     dest.mkdir(parents=True, exist_ok=True)
     # Everything is written next to dest first, then moved in, so a failed export ships nothing.
@@ -111,13 +137,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--training-data", default="lol-pairs/train (247 pairs)", help="stored in the metadata")
     parser.add_argument("--min-gain-db", type=float, default=0.2,
                         help="val PSNR gain over the shipped weights needed to replace them")
+    parser.add_argument("--checkpoint", choices=tuple(CHECKPOINT_FILES), default="best",
+                        help="best.pt (best val PSNR), last.pt (end of the lr schedule, no selection on val) "
+                             "or averaged.pt (`python -m training average`)")
     parser.add_argument("--force", action="store_true", help="replace the shipped weights without the gain")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     summary = ship(args.run, args.dest, model_version=args.model_version, training_data=args.training_data,
-                   min_gain_db=args.min_gain_db, force=args.force)
+                   min_gain_db=args.min_gain_db, force=args.force, which=args.checkpoint)
     val = summary["val"]
     print(f"shipped step {summary['step']} to {args.dest}: val PSNR {val.get('val_psnr', float('nan')):.3f} dB, "
           f"SSIM {val.get('val_ssim', float('nan')):.4f} (previous: {summary['previous_val_psnr']}); "

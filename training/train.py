@@ -38,6 +38,22 @@ STAGE_HELP = {
 LAST, BEST = "last.pt", "best.pt"
 
 
+@torch.no_grad()
+def validate_model(model: FRLIE, pairs: list, stage: str, device: torch.device) -> dict[str, float]:
+    """Mean PSNR / SSIM of whole 8-bit outputs over ``pairs`` (stage 1: reconstruction of high)."""
+    from training.inference import model_enhancer
+    from training.metrics import psnr, ssim
+
+    model.eval()
+    run = model_enhancer(model.reconstruct if stage == "stage1" else model, device)
+    scores: list[tuple[float, float]] = []
+    for pair in pairs:
+        high = load_rgb(pair.high)
+        output = run(high if stage == "stage1" else load_rgb(pair.low))
+        scores.append((psnr(output, high), ssim(output, high)))
+    return {"psnr": float(np.mean([s[0] for s in scores])), "ssim": float(np.mean([s[1] for s in scores]))}
+
+
 class StageStep(nn.Module):
     """The trainable forward pass of one stage, as a module so DDP can wrap it.
 
@@ -284,21 +300,9 @@ class Trainer:
         return terms
 
     # --- validation, logs and checkpoints ----------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """PSNR / SSIM on the 8-bit outputs of whole val images (stage 1: reconstruction of high)."""
-        from training.inference import model_enhancer
-        from training.metrics import psnr, ssim
-
-        self.model.eval()
-        net = self.model.reconstruct if self.stage == "stage1" else self.model
-        run = model_enhancer(net, self.device)
-        scores: list[tuple[float, float]] = []
-        for pair in self.val_pairs:
-            high = load_rgb(pair.high)
-            output = run(high if self.stage == "stage1" else load_rgb(pair.low))
-            scores.append((psnr(output, high), ssim(output, high)))
-        return {"psnr": float(np.mean([s[0] for s in scores])), "ssim": float(np.mean([s[1] for s in scores]))}
+        return validate_model(self.model, self.val_pairs, self.stage, self.device)
 
     def _validate_and_save(self) -> dict[str, float] | None:
         result = None
