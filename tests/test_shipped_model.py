@@ -1,0 +1,57 @@
+"""The bundled model in model/weights: consistent files, and the quality bar of the project on real data.
+
+The bar (val PSNR >= 21.5 dB, SSIM >= 0.80) is the release requirement of the default model; the
+numbers are measured here on the shipped ONNX file, never read back from where they were written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from model import load_weights
+from training.data import list_pairs
+from training.evaluate import evaluate_model
+from training.export import read_metadata
+from training.inference import load_enhancer
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights"
+ONNX_FILE, TORCH_FILE, CONFIG_FILE = WEIGHTS / "frlie.onnx", WEIGHTS / "frlie.pt", WEIGHTS / "training-config.json"
+MIN_PSNR_DB, MIN_SSIM = 21.5, 0.80
+MAX_ONNX_BYTES = 20_000_000
+
+
+def test_shipped_files_are_one_small_onnx_its_weights_and_their_record() -> None:
+    assert ONNX_FILE.stat().st_size < MAX_ONNX_BYTES
+    onnx.checker.check_model(onnx.load(str(ONNX_FILE)))
+    model, weights = load_weights(TORCH_FILE)
+    record = json.loads(CONFIG_FILE.read_text())
+    meta = read_metadata(ONNX_FILE)
+    assert record["architecture"] == model.config.to_dict() == json.loads(meta["architecture"])
+    assert meta["precision"] == "fp32" and int(meta["receptive_radius"]) == model.config.receptive_radius
+    assert json.loads(meta["validation_metrics"]) == pytest.approx(weights["metrics"])
+    assert record["stage2"]["selected_val"] == pytest.approx(weights["metrics"])
+
+
+def test_onnx_file_is_the_export_of_the_shipped_weights() -> None:
+    image = np.random.default_rng(3).integers(0, 256, size=(92, 124, 3), dtype=np.uint8)
+    from_onnx = load_enhancer(ONNX_FILE)(image)
+    from_torch = load_enhancer(TORCH_FILE)(image)
+    # Both paths produce 8-bit images; float32 differences of ~1e-6 may flip a rounding at most.
+    assert from_onnx.shape == from_torch.shape == (92, 124, 3)
+    assert np.abs(from_onnx.astype(int) - from_torch.astype(int)).max() <= 1
+
+
+def test_shipped_onnx_meets_the_quality_bar_on_val(lol_pairs: Path) -> None:
+    pairs = list_pairs(lol_pairs / "val")
+    result = evaluate_model(load_enhancer(ONNX_FILE), pairs, baselines=None, with_niqe=False, progress=False)
+    mean = result["mean"]
+    assert mean["psnr"] >= MIN_PSNR_DB and mean["ssim"] >= MIN_SSIM, mean
+    # What the metadata claims is what the file does on the same images.
+    claimed = json.loads(read_metadata(ONNX_FILE)["validation_metrics"])
+    assert mean["psnr"] == pytest.approx(claimed["val_psnr"], abs=0.01)
+    assert mean["ssim"] == pytest.approx(claimed["val_ssim"], abs=0.001)
