@@ -1,6 +1,6 @@
 """FRLIE network definition (depends on torch only)."""
 
-from model.checkpoint import load_weights, save_weights
+from model.checkpoint import load_weights, read_checkpoint, save_weights
 from model.network import (
     FRLIE,
     MIN_SIDE,
@@ -20,5 +20,6 @@ __all__ = [
     "enhance",
     "load_weights",
     "pad_to_multiple",
+    "read_checkpoint",
     "save_weights",
 ]

@@ -19,9 +19,18 @@ def save_weights(model: FRLIE, path: str | Path, **extra: Any) -> None:
     tmp.replace(path)
 
 
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The whole payload of a checkpoint (weights, and training state or metadata) without a model.
+
+    Our own files carry plain Python objects (args, metrics), hence ``weights_only=False``: load only
+    checkpoints you trust.
+    """
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
 def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[FRLIE, dict]:
     """Rebuild the network from a checkpoint file; returns (model in eval mode, full payload)."""
-    payload = torch.load(path, map_location=map_location, weights_only=False)
+    payload = read_checkpoint(path, map_location)
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"{path} is not an FRLIE checkpoint (missing 'config' or 'model')")
     model = FRLIE(FRLIEConfig.from_dict(payload["config"]))

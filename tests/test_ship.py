@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -12,27 +11,20 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model import load_weights
+from model import load_weights, read_checkpoint
 from training.__main__ import main
 from training.export import read_metadata
-
-TINY = ["--width", "8", "--fr-blocks", "1", "--batch-size", "4", "--crop", "32", "--quiet", "--threads", "1"]
+from training.train import read_val_log
+from training_helpers import train_tiny
 
 
 @pytest.fixture(scope="module")
 def stage2_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     stage1, stage2 = root / "stage1", root / "stage2"
-    assert main(["stage1", "--data", str(synthetic_data), "--out", str(stage1), *TINY,
-                 "--steps", "4", "--val-every", "2"]) == 0
-    assert main(["stage2", "--data", str(synthetic_data), "--out", str(stage2), *TINY,
-                 "--stage1", str(stage1 / "best.pt"), "--steps", "4", "--val-every", "2"]) == 0
+    train_tiny("stage1", synthetic_data, stage1, "--steps", "4", "--val-every", "2")
+    train_tiny("stage2", synthetic_data, stage2, "--stage1", str(stage1 / "best.pt"), "--steps", "4", "--val-every", "2")
     return stage2
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def _ship(run: Path, dest: Path, *extra: str) -> int:
@@ -50,7 +42,7 @@ def test_ship_writes_onnx_weights_and_full_training_record(stage2_run: Path, shi
     assert sorted(p.name for p in shipped.iterdir()) == ["frlie.onnx", "frlie.pt", "training-config.json"]
 
     model, weights = load_weights(shipped / "frlie.pt")
-    best = torch.load(stage2_run / "best.pt", weights_only=False)
+    best = read_checkpoint(stage2_run / "best.pt")
     assert weights["step"] == best["step"] and weights["metrics"] == best["metrics"]
     assert "optimizer" not in weights  # lean: no training state in the shipped file
 
@@ -59,7 +51,7 @@ def test_ship_writes_onnx_weights_and_full_training_record(stage2_run: Path, shi
     assert record["stage2"]["steps_done"] == 4 and record["stage2"]["selected_step"] == best["step"]
     assert record["stage2"]["args"]["stage1"].endswith("best.pt")
     assert record["stage1"]["steps_done"] == 4 and record["stage1"]["checkpoint"] == "best.pt"
-    stage1_last = torch.load(stage2_run.parent / "stage1" / "last.pt", weights_only=False)
+    stage1_last = read_checkpoint(stage2_run.parent / "stage1" / "last.pt")
     assert record["stage1"]["wall_seconds"] == round(stage1_last["elapsed_s"], 1)
     assert "val_psnr" in record["stage1"]["selected_val"]
 
@@ -85,9 +77,9 @@ def test_ship_refuses_to_replace_weights_without_the_required_gain(
     assert _ship(stage2_run, tmp_path, "--force", "--checkpoint", "last") == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ship-")]  # staging cleaned up
     _, weights = load_weights(tmp_path / "frlie.pt")
-    final = _rows(stage2_run / "val.csv")[-1]
-    assert weights["step"] == int(final["step"]) == 4
-    assert weights["metrics"] == {"val_psnr": float(final["psnr"]), "val_ssim": float(final["ssim"])}
+    final = read_val_log(stage2_run)[-1]
+    assert weights["step"] == final["step"] == 4
+    assert weights["metrics"] == {"val_psnr": final["psnr"], "val_ssim": final["ssim"]}
     record = json.loads((tmp_path / "training-config.json").read_text())
     assert record["stage2"]["selected_step"] == 4
 

@@ -18,9 +18,9 @@ from training.data import list_pairs
 from training.evaluate import evaluate_model
 from training.export import read_metadata
 from training.inference import load_enhancer
+from training.ship import CONFIG_NAME, ONNX_NAME, SHIPPED_DIR, WEIGHTS_NAME
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights"
-ONNX_FILE, TORCH_FILE, CONFIG_FILE = WEIGHTS / "frlie.onnx", WEIGHTS / "frlie.pt", WEIGHTS / "training-config.json"
+ONNX_FILE, TORCH_FILE, CONFIG_FILE = (SHIPPED_DIR / name for name in (ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME))
 MIN_PSNR_DB, MIN_SSIM = 21.5, 0.80
 MAX_ONNX_BYTES = 20_000_000
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -14,31 +13,20 @@ import torch
 from model import load_weights
 from training.__main__ import main
 from training.train import state_digest
-
-TINY = ["--width", "8", "--fr-blocks", "1", "--batch-size", "4", "--crop", "32", "--quiet", "--threads", "1"]
-
-
-def _train(stage: str, data: Path, out: Path, *extra: str) -> None:
-    assert main([stage, "--data", str(data), "--out", str(out), *TINY, *extra]) == 0
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
-
+from training_helpers import TINY, csv_rows, train_tiny
 
 @pytest.fixture(scope="module")
 def stage1_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stage1")
-    _train("stage1", synthetic_data, out, "--steps", "6", "--val-every", "3", "--log-every", "2")
+    train_tiny("stage1", synthetic_data, out, "--steps", "6", "--val-every", "3", "--log-every", "2")
     return out
 
 
 def test_stage1_writes_checkpoints_and_logs(stage1_run: Path) -> None:
     assert (stage1_run / "last.pt").exists() and (stage1_run / "best.pt").exists()
-    val = _rows(stage1_run / "val.csv")
+    val = csv_rows(stage1_run / "val.csv")
     assert [int(r["step"]) for r in val] == [3, 6]
-    train = _rows(stage1_run / "train.csv")
+    train = csv_rows(stage1_run / "train.csv")
     assert [int(r["step"]) for r in train] == [2, 4, 6]
     assert all(float(r["loss"]) > 0 for r in train)
     _, best = load_weights(stage1_run / "best.pt")
@@ -48,7 +36,7 @@ def test_stage1_writes_checkpoints_and_logs(stage1_run: Path) -> None:
 def test_stage2_leaves_encoder_and_decoder_bit_identical(stage1_run: Path, synthetic_data: Path, tmp_path: Path) -> None:
     stage1, _ = load_weights(stage1_run / "last.pt")
     before = state_digest([stage1.encoder, stage1.decoder])
-    _train("stage2", synthetic_data, tmp_path, "--stage1", str(stage1_run / "last.pt"), "--steps", "4",
+    train_tiny("stage2", synthetic_data, tmp_path, "--stage1", str(stage1_run / "last.pt"), "--steps", "4",
            "--val-every", "0")
     after, payload = load_weights(tmp_path / "last.pt")
     assert payload["stage"] == "stage2"
@@ -59,17 +47,17 @@ def test_stage2_leaves_encoder_and_decoder_bit_identical(stage1_run: Path, synth
     # ...while FRNet did learn.
     fresh_frnet = payload["model"]
     assert payload["step"] == 4 and any(k.startswith("frnet.") for k in fresh_frnet)
-    assert float(_rows(tmp_path / "train.csv")[-1]["feature_l1"]) > 0
+    assert float(csv_rows(tmp_path / "train.csv")[-1]["feature_l1"]) > 0
 
 
 def test_stage2_without_stage1_checkpoint_is_a_clear_error(synthetic_data: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--stage1"):
-        _train("stage2", synthetic_data, tmp_path, "--steps", "1")
+        train_tiny("stage2", synthetic_data, tmp_path, "--steps", "1")
 
 
 def test_e2e_ablation_trains_everything_without_feature_loss(synthetic_data: Path, tmp_path: Path) -> None:
-    _train("e2e", synthetic_data, tmp_path, "--steps", "3", "--val-every", "0", "--log-every", "1")
-    rows = _rows(tmp_path / "train.csv")
+    train_tiny("e2e", synthetic_data, tmp_path, "--steps", "3", "--val-every", "0", "--log-every", "1")
+    rows = csv_rows(tmp_path / "train.csv")
     assert len(rows) == 3 and "feature_l1" not in rows[0] and "ssim" in rows[0]
 
 
@@ -81,11 +69,11 @@ def test_resume_continues_exactly_where_it_stopped(synthetic_data: Path, tmp_pat
     """
     common = ["--val-every", "0", "--lr-schedule", "constant", "--seed", "3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    _train("e2e", synthetic_data, straight, "--steps", "8", *common)
-    _train("e2e", synthetic_data, split, "--steps", "4", *common)
+    train_tiny("e2e", synthetic_data, straight, "--steps", "8", *common)
+    train_tiny("e2e", synthetic_data, split, "--steps", "4", *common)
     _, halfway = load_weights(split / "last.pt")
     assert halfway["step"] == 4
-    _train("e2e", synthetic_data, split, "--steps", "8", "--resume", *common)
+    train_tiny("e2e", synthetic_data, split, "--steps", "8", "--resume", *common)
     _, a = load_weights(straight / "last.pt")
     _, b = load_weights(split / "last.pt")
     assert b["step"] == 8
@@ -96,9 +84,9 @@ def test_resume_continues_exactly_where_it_stopped(synthetic_data: Path, tmp_pat
 
 
 def test_cosine_schedule_reaches_final_lr(synthetic_data: Path, tmp_path: Path) -> None:
-    _train("stage1", synthetic_data, tmp_path, "--steps", "4", "--val-every", "0", "--log-every", "1",
+    train_tiny("stage1", synthetic_data, tmp_path, "--steps", "4", "--val-every", "0", "--log-every", "1",
            "--lr-schedule", "cosine", "--lr", "2e-4", "--lr-final", "2e-5")
-    lrs = [float(r["lr"]) for r in _rows(tmp_path / "train.csv")]
+    lrs = [float(r["lr"]) for r in csv_rows(tmp_path / "train.csv")]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(2e-5)
 
 

@@ -22,8 +22,9 @@ from training.train import validate_model
 AVERAGED = "averaged.pt"
 
 
-def average_models(paths: list[Path]) -> tuple[FRLIE, list[dict[str, Any]]]:
-    """The network whose floating-point weights and buffers are the mean of those in ``paths``.
+def average_models(paths: list[Path]) -> tuple[FRLIE, str, list[dict[str, Any]]]:
+    """The network whose floating-point weights and buffers are the mean of those in ``paths``, its
+    stage, and which checkpoints (file, step) went into it.
 
     Integer buffers (BatchNorm's batch counters) are taken from the first checkpoint. All checkpoints
     must share architecture and stage; for stage 2 the frozen encoder and decoder are identical, so
@@ -45,7 +46,7 @@ def average_models(paths: list[Path]) -> tuple[FRLIE, list[dict[str, Any]]]:
             averaged[name] = tensor
     first_model.load_state_dict(averaged)
     sources = [{"file": path.name, "step": int(payload["step"])} for path, (_, payload) in zip(paths, loaded)]
-    return first_model.eval(), sources
+    return first_model.eval(), first.get("stage", "stage2"), sources
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -65,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         if not path.exists():
             raise SystemExit(f"{path} not found")
-    model, sources = average_models(paths)
-    stage = torch.load(paths[0], map_location="cpu", weights_only=False).get("stage", "stage2")
+    model, stage, sources = average_models(paths)
     result = validate_model(model, list_pairs(args.data / "val"), stage, torch.device("cpu"))
     metrics = {"val_psnr": result["psnr"], "val_ssim": result["ssim"]}
     step = max(source["step"] for source in sources)

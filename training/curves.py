@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-
-def read_validation(run_dir: Path) -> tuple[list[int], list[float]]:
-    """(steps, PSNR) from a run folder's val.csv, in step order."""
-    with (run_dir / "val.csv").open() as handle:
-        rows = sorted(csv.DictReader(handle), key=lambda row: int(row["step"]))
-    return [int(r["step"]) for r in rows], [float(r["psnr"]) for r in rows]
+from training.train import VAL_LOG, read_val_log
 
 
 def plot_curves(runs: dict[str, Path], out: Path, reference_db: float | None = None) -> None:
@@ -22,7 +16,8 @@ def plot_curves(runs: dict[str, Path], out: Path, reference_db: float | None = N
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for label, run_dir in runs.items():
-        steps, psnr = read_validation(run_dir)
+        rows = read_val_log(run_dir)
+        steps, psnr = [row["step"] for row in rows], [row["psnr"] for row in rows]
         ax.plot(steps, psnr, marker="o", markersize=3, label=f"{label} (best {max(psnr):.2f} dB)")
     if reference_db is not None:
         ax.axhline(reference_db, color="gray", linestyle="--", linewidth=1, label=f"target {reference_db} dB")
@@ -53,9 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    missing = [str(path) for _, path in args.runs if not (path / "val.csv").exists()]
+    missing = [str(path) for _, path in args.runs if not (path / VAL_LOG).exists()]
     if missing:
-        raise SystemExit(f"no val.csv in: {', '.join(missing)}")
+        raise SystemExit(f"no {VAL_LOG} in: {', '.join(missing)}")
     plot_curves(dict(args.runs), args.out, args.reference)
     print(f"wrote {args.out}")
     return 0

@@ -13,26 +13,22 @@ end of the learning-rate schedule instead of the best-PSNR checkpoint, free of s
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from model import FRLIE, load_weights, save_weights
+from model import FRLIE, load_weights, read_checkpoint, save_weights
+from service.settings import BUNDLED_MODEL_PATH
 from training.average import AVERAGED
 from training.export import checkpoint_metadata, export_onnx
+from training.train import BEST, LAST, VAL_LOG, read_val_log
 
-ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME = "frlie.onnx", "frlie.pt", "training-config.json"
-LAST, BEST = "last.pt", "best.pt"
+# Shipping writes where the service looks for its default model.
+SHIPPED_DIR, ONNX_NAME = BUNDLED_MODEL_PATH.parent, BUNDLED_MODEL_PATH.name
+WEIGHTS_NAME, CONFIG_NAME = "frlie.pt", "training-config.json"
 CHECKPOINT_FILES = {"best": BEST, "last": LAST, "averaged": AVERAGED}
-
-
-def _payload(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _run_record(run_dir: Path, selected: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -40,7 +36,7 @@ def _run_record(run_dir: Path, selected: dict[str, Any] | None = None) -> dict[s
     last_path = run_dir / LAST
     if not last_path.exists():
         raise SystemExit(f"{last_path} not found: ship needs the run directory written by training")
-    last = _payload(last_path)
+    last = read_checkpoint(last_path)
     record: dict[str, Any] = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in last.get("args", {}).items() if k != "func"},
         "steps_done": int(last["step"]),
@@ -64,7 +60,7 @@ def training_record(run_dir: Path, shipped: dict[str, Any], model_config: dict[s
         stage1_file = Path(stage1_path)
         if not stage1_file.exists():
             raise SystemExit(f"the stage-1 checkpoint this run started from, {stage1_file}, is gone")
-        stage1_used = _payload(stage1_file)
+        stage1_used = read_checkpoint(stage1_file)
         record["stage1"] = _run_record(stage1_file.parent, stage1_used)
         record["stage1"]["checkpoint"] = stage1_file.name
     record[stage] = run
@@ -75,16 +71,15 @@ def _current_psnr(dest: Path) -> float | None:
     shipped = dest / WEIGHTS_NAME
     if not shipped.exists():
         return None
-    return _payload(shipped).get("metrics", {}).get("val_psnr")
+    return read_checkpoint(shipped).get("metrics", {}).get("val_psnr")
 
 
 def _final_val(run_dir: Path, step: int) -> dict[str, float]:
     """Validation metrics of ``step`` from the run's val.csv (training validates its last step)."""
-    val_csv = run_dir / "val.csv"
-    rows = list(csv.DictReader(val_csv.open())) if val_csv.exists() else []
+    rows = read_val_log(run_dir) if (run_dir / VAL_LOG).exists() else []
     for row in rows:
-        if int(row["step"]) == step:
-            return {"val_psnr": float(row["psnr"]), "val_ssim": float(row["ssim"])}
+        if row["step"] == step:
+            return {"val_psnr": row["psnr"], "val_ssim": row["ssim"]}
     raise SystemExit(f"step {step} of {run_dir} was never validated: let the run finish, or ship best.pt")
 
 
@@ -132,7 +127,8 @@ def ship(run_dir: Path, dest: Path, *, model_version: str, training_data: str, m
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ship", help="export a run's best checkpoint into model/weights with its record")
     parser.add_argument("--run", required=True, type=Path, help="training run directory (holds best.pt, last.pt)")
-    parser.add_argument("--dest", type=Path, default=Path("model/weights"), help="where the shipped files go")
+    parser.add_argument("--dest", type=Path, default=SHIPPED_DIR,
+                        help="where the shipped files go (default: the service's bundled model folder)")
     parser.add_argument("--model-version", required=True, help="version string stored in the ONNX metadata")
     parser.add_argument("--training-data", default="lol-pairs/train (247 pairs)", help="stored in the metadata")
     parser.add_argument("--min-gain-db", type=float, default=0.2,

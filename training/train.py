@@ -13,6 +13,7 @@ import hashlib
 import math
 import random
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from model import FRLIE, FRLIEConfig, load_weights, save_weights
+from model import FRLIE, FRLIEConfig, load_weights, read_checkpoint, save_weights
 from training import distributed as dist_utils
-from training.data import PairedImages, list_pairs, load_rgb
+from training.data import ImagePair, PairedImages, list_pairs
+from training.evaluate import evaluate_model
+from training.inference import model_enhancer
 from training.losses import LossTerms, reconstruction_loss, restoration_loss
 
 STAGES = ("stage1", "stage2", "e2e")
@@ -36,22 +39,27 @@ STAGE_HELP = {
     "e2e": 'ablation "w/o FR": the whole network end to end on low -> high, no feature matching loss',
 }
 LAST, BEST = "last.pt", "best.pt"
+VAL_LOG = "val.csv"
 
 
-@torch.no_grad()
-def validate_model(model: FRLIE, pairs: list, stage: str, device: torch.device) -> dict[str, float]:
+def validate_model(model: FRLIE, pairs: Sequence[ImagePair], stage: str, device: torch.device) -> dict[str, float]:
     """Mean PSNR / SSIM of whole 8-bit outputs over ``pairs`` (stage 1: reconstruction of high)."""
-    from training.inference import model_enhancer
-    from training.metrics import psnr, ssim
-
     model.eval()
-    run = model_enhancer(model.reconstruct if stage == "stage1" else model, device)
-    scores: list[tuple[float, float]] = []
-    for pair in pairs:
-        high = load_rgb(pair.high)
-        output = run(high if stage == "stage1" else load_rgb(pair.low))
-        scores.append((psnr(output, high), ssim(output, high)))
-    return {"psnr": float(np.mean([s[0] for s in scores])), "ssim": float(np.mean([s[1] for s in scores]))}
+    net = model
+    if stage == "stage1":
+        net, pairs = model.reconstruct, [ImagePair(p.name, low=p.high, high=p.high) for p in pairs]
+    with torch.no_grad():
+        mean = evaluate_model(model_enhancer(net, device), pairs, baselines=None, with_niqe=False,
+                              progress=False)["mean"]
+    return {"psnr": mean["psnr"], "ssim": mean["ssim"]}
+
+
+def read_val_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows a run appended to ``val.csv`` (step, psnr, ssim, best), typed and in step order."""
+    with (run_dir / VAL_LOG).open() as handle:
+        rows = [{"step": int(r["step"]), "psnr": float(r["psnr"]), "ssim": float(r["ssim"]), "best": int(r["best"])}
+                for r in csv.DictReader(handle)]
+    return sorted(rows, key=lambda row: row["step"])
 
 
 class StageStep(nn.Module):
@@ -137,11 +145,7 @@ class Trainer:
         seed_everything(args.seed + self.ctx.rank)
 
         resume_path = self.out / LAST
-        resume = (
-            torch.load(resume_path, map_location="cpu", weights_only=False)
-            if args.resume and resume_path.exists()
-            else None
-        )
+        resume = read_checkpoint(resume_path) if args.resume and resume_path.exists() else None
         self.model = self._build_model(resume).to(self.device)
         # Only the parts this stage trains take gradients (DDP also insists every such part is used).
         self.model.requires_grad_(False)
@@ -314,7 +318,7 @@ class Trainer:
                 self.best_psnr = result["psnr"]
                 save_weights(self.model, self.out / BEST, stage=self.stage, step=self.step,
                              metrics={"val_psnr": result["psnr"], "val_ssim": result["ssim"]})
-            self._append_csv("val.csv", {"step": self.step, "psnr": round(result["psnr"], 4),
+            self._append_csv(VAL_LOG, {"step": self.step, "psnr": round(result["psnr"], 4),
                                          "ssim": round(result["ssim"], 5), "best": int(improved)})
             if not self.args.quiet:
                 tqdm.write(f"[{self.stage}] step {self.step}: val PSNR {result['psnr']:.3f} dB, "
