@@ -63,17 +63,36 @@ class MetricsSnapshot:
 
 
 class ServerProcess:
-    """Start with ``with ServerProcess(env, log_path) as server:``; ready when the block starts."""
+    """`python -m service serve` with exactly the given FRLIE_* variables (the caller's are dropped).
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    Use ``with ServerProcess(env, log_path) as server:`` or ``server = ServerProcess(...).start()``;
+    either way the server answers /readyz before control returns, or it is stopped and the error
+    (with its log) raised.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        startup_timeout_s: float = STARTUP_TIMEOUT_S,
+        client_timeout_s: float = 30.0,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
         self._env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | dict(env)
         self._process: subprocess.Popen[bytes] | None = None
-        self._client = httpx.Client(base_url=self.url, timeout=30.0)
+        self.client = httpx.Client(base_url=self.url, timeout=client_timeout_s)
 
-    def __enter__(self) -> "ServerProcess":
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            raise RuntimeError("the server has not been started")
+        return self._process
+
+    def start(self) -> "ServerProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
@@ -81,44 +100,50 @@ class ServerProcess:
                 cwd=REPO_ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT,
             )
         try:
-            self._wait_ready()
+            self.wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.stop()
 
-    def _wait_ready(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"server exited with {self._process.returncode}:\n{self.log_path.read_text()}")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
             try:
-                if self._client.get("/readyz").status_code == 200:
+                if self.client.get("/readyz").status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {STARTUP_TIMEOUT_S:.0f} s:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {self.startup_timeout_s:.0f} s:\n{self.log_path.read_text()}")
 
     def readyz(self) -> dict[str, Any]:
-        response = self._client.get("/readyz")
+        response = self.client.get("/readyz")
         response.raise_for_status()
         return response.json()
 
     def metrics(self) -> MetricsSnapshot:
-        response = self._client.get("/metrics")
+        response = self.client.get("/metrics")
         response.raise_for_status()
         return MetricsSnapshot.parse(response.text)
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One metric now: the sum of the samples called ``name`` with ``labels`` (0 if none yet)."""
+        return self.metrics().value(name, **labels)
+
     def stop(self) -> int | None:
         """SIGTERM (graceful), SIGKILL if it hangs; returns the exit code."""
-        self._client.close()
+        self.client.close()
         process = self._process
         if process is None:
             return None

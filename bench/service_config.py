@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from service.settings import CPU_PROVIDER, CUDA_PROVIDER, ENV_PREFIX, Settings
+from service.settings import CPU_PROVIDER, CUDA_PROVIDER, ENV_PREFIX, Settings, env_name
 
 DEVICES = ("cpu", "cuda")
 QUIET_LOG_LEVEL = "warning"  # no access log line per request: it is not part of the service's work
@@ -46,16 +46,16 @@ def providers_for(device: str) -> str:
     return f"{CUDA_PROVIDER},{CPU_PROVIDER}" if device == "cuda" else CPU_PROVIDER
 
 
+def setting_env(**settings: object) -> dict[str, str]:
+    """FRLIE_* variables for settings given by field name (``tile_size=512``, ``batching=False``)."""
+    return {env_name(name): str(value).lower() if isinstance(value, bool) else str(value)
+            for name, value in settings.items()}
+
+
 def service_env(model_path: Path, device: str, **overrides: object) -> dict[str, str]:
     """FRLIE_* variables for a model on a device; ``overrides`` use setting names (tile_size=512)."""
-    env = {
-        f"{ENV_PREFIX}MODEL_PATH": str(model_path),
-        f"{ENV_PREFIX}PROVIDERS": providers_for(device),
-        f"{ENV_PREFIX}LOG_LEVEL": QUIET_LOG_LEVEL,
-    }
-    for name, value in overrides.items():
-        env[f"{ENV_PREFIX}{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+    defaults = {"model_path": model_path, "providers": providers_for(device), "log_level": QUIET_LOG_LEVEL}
+    return setting_env(**(defaults | overrides))
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:

@@ -21,6 +21,11 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
+def env_name(setting: str) -> str:
+    """The environment variable that sets the field ``setting`` (``tile_size`` -> ``FRLIE_TILE_SIZE``)."""
+    return f"{ENV_PREFIX}{setting.upper()}"
+
+
 class Settings(BaseSettings):
     """Service configuration; each field is the environment variable ``FRLIE_<NAME>``."""
 

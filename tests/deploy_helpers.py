@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from service.settings import ENV_PREFIX, Settings
+from bench import REPO_ROOT
+from bench.service_config import setting_env, settings_from
+from service.settings import Settings, env_name
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO_ROOT / "docker"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -59,7 +60,7 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
 
 def setting_env_names() -> dict[str, str]:
     """FRLIE_* variable -> Settings field name, for every setting the service reads."""
-    return {f"{ENV_PREFIX}{name.upper()}": name for name in Settings.model_fields}
+    return {env_name(name): name for name in Settings.model_fields}
 
 
 def setting_default(name: str) -> Any:
@@ -67,8 +68,9 @@ def setting_default(name: str) -> Any:
 
 
 def parse_setting(name: str, raw: str) -> Any:
-    """The value the service would read from the environment string ``raw`` for field ``name``."""
-    return getattr(Settings.model_validate({name: raw}), name)
+    """The value the service would read from the environment string ``raw`` for field ``name``
+    (and nothing else: variables of the calling shell do not leak in)."""
+    return getattr(settings_from(setting_env(**{name: raw})), name)
 
 
 # --- PromQL -------------------------------------------------------------------------------------

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import re
 import signal
-import socket
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+import bench.server
+from bench.server import free_port  # noqa: F401  (re-exported for the tests)
+from bench.service_config import setting_env
+
 TINY_MODEL_VERSION = "test-tiny"
 STARTUP_TIMEOUT_S = 60.0
 # uvicorn finishes its graceful shutdown, then re-raises the SIGTERM it caught.
@@ -69,58 +66,13 @@ def reference_enhance(model_path: Path, rgb: np.ndarray) -> np.ndarray:
 # --- a real server ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class ServerProcess:
-    """`python -m service serve` on a free loopback port with the given FRLIE_* settings."""
+class ServerProcess(bench.server.ServerProcess):
+    """The benchmark's server process, configured from keyword settings (``tile_size=64`` becomes
+    ``FRLIE_TILE_SIZE=64``), with 2 ONNX Runtime threads unless told otherwise. Call ``start()``."""
 
     def __init__(self, model_path: Path, log_path: Path, **settings: object) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FRLIE_")}
-        env.update({f"FRLIE_{k.upper()}": str(v) for k, v in settings.items()})
-        env.update(FRLIE_MODEL_PATH=str(model_path), FRLIE_INTRA_OP_THREADS=env.get("FRLIE_INTRA_OP_THREADS", "2"))
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
-            cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=60.0)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{self.log_path.read_text()}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM (graceful), then SIGKILL if it hangs; returns the exit code."""
-        self.client.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout)
-        self._log.close()
-        return self.process.returncode
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample from /metrics (0 if it has not been observed yet)."""
-        return read_metric(self.client.get("/metrics").text, name, **labels)
+        env = setting_env(**({"intra_op_threads": 2} | settings), model_path=model_path)
+        super().__init__(env, log_path, startup_timeout_s=STARTUP_TIMEOUT_S, client_timeout_s=60.0)
 
     def wait_for_metric(
         self, name: str, expected: float | Callable[[float], bool], timeout: float = 10.0, **labels: str
@@ -132,17 +84,6 @@ class ServerProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name}{labels} stayed at {self.metric(name, **labels)}, expected {expected}")
             time.sleep(0.02)
-
-
-def read_metric(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(3))
-    return 0.0
 
 
 # --- test images ------------------------------------------------------------------------------

@@ -259,9 +259,8 @@ def test_dockerignore_leaves_out_environments_data_and_secrets(path: str) -> Non
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     model = export_tiny_model(tmp_path_factory.getbasetemp())
-    running = ServerProcess(model, tmp_path_factory.mktemp("logs") / "healthcheck.log", tile_size=64)
+    running = ServerProcess(model, tmp_path_factory.mktemp("logs") / "healthcheck.log", tile_size=64).start()
     try:
-        running.wait_ready()
         yield running
     finally:
         assert running.stop() in GRACEFUL_EXIT_CODES

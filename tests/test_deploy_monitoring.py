@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import signal
 import subprocess
 import time
@@ -29,6 +28,7 @@ from deploy_helpers import (
     metric_names_in,
     require_prometheus_tool,
 )
+from bench.server import MetricsSnapshot
 from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, dark_image, encode_image, export_tiny_model, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -68,9 +68,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     running = ServerProcess(
         model, tmp_path_factory.mktemp("logs") / "monitoring.log",
         tile_size=64, max_batch_size=4, max_batch_delay_ms=5, queue_size=32,
-    )
+    ).start()
     try:
-        running.wait_ready()
         assert _post_image(running, encode_image(dark_image(64, 96), "PNG")).status_code == 200
         assert _post_image(running, b"not an image").status_code == 400
         yield running
@@ -78,22 +77,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         assert running.stop() in GRACEFUL_EXIT_CODES
 
 
-def exported_series_names(metrics_text: str) -> set[str]:
-    """Names of the samples in a Prometheus text exposition."""
-    return {match.group(1) for match in re.finditer(r"^([a-zA-Z_:][\w:]*)(?:\{|\s)", metrics_text, flags=re.MULTILINE)}
-
-
-def latency_buckets(metrics_text: str) -> dict[float, float]:
+def latency_buckets(metrics: MetricsSnapshot) -> dict[float, float]:
     """Cumulative counts of the /enhance 200 latency histogram, by upper bound."""
-    buckets: dict[float, float] = {}
-    for line in metrics_text.splitlines():
-        match = re.fullmatch(r"frlie_request_duration_seconds_bucket\{(.*)\} (\S+)", line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if labels.get("route") == "/enhance" and labels.get("status") == "200":
-            buckets[float(labels["le"])] = float(match.group(2))
-    return buckets
+    wanted = {("route", "/enhance"), ("status", "200")}
+    return {
+        float(dict(labels)["le"]): value
+        for (name, labels), value in metrics.samples.items()
+        if name == "frlie_request_duration_seconds_bucket" and wanted <= labels
+    }
 
 
 def bucket_quantile(q: float, cumulative: dict[float, float]) -> float:
@@ -213,7 +204,7 @@ def traffic(server: ServerProcess, prometheus: PrometheusProcess) -> Traffic:
         lambda: prometheus.query(f"count_over_time(frlie_request_duration_seconds_count{{{ENHANCE_200}}}[1m]) >= 2"),
         STARTUP_TIMEOUT_S, "two scrapes of the service before the traffic",
     )
-    buckets_before = latency_buckets(server.client.get("/metrics").text)
+    buckets_before = latency_buckets(server.metrics())
     images = [encode_image(dark_image(64, 96, seed=i), "PNG") for i in range(SMALL_REQUESTS)]
     images += [encode_image(dark_image(300, 400, seed=i), "PNG") for i in range(LARGE_REQUESTS)]
 
@@ -228,10 +219,8 @@ def traffic(server: ServerProcess, prometheus: PrometheusProcess) -> Traffic:
     with ThreadPoolExecutor(CLIENTS) as pool:
         latencies = list(pool.map(send, images))
     assert _post_image(server, b"still not an image").status_code == 400
-    metrics_after = server.client.get("/metrics").text
-    total_after = sum(float(v) for v in re.findall(
-        r'^frlie_request_duration_seconds_count\{route="/enhance",status="\d+"\} (\S+)$', metrics_after, flags=re.MULTILINE
-    ))
+    metrics_after = server.metrics()
+    total_after = metrics_after.value("frlie_request_duration_seconds_count", route="/enhance")
     wait_until(
         lambda: prometheus.query(f'sum(frlie_request_duration_seconds_count{{job="frlie", route="/enhance"}}) == {total_after}'),
         STARTUP_TIMEOUT_S, "Prometheus to scrape the counts after the traffic",
@@ -306,7 +295,7 @@ def test_alert_rules_load_evaluate_cleanly_and_stay_quiet(prometheus: Prometheus
 
 
 def test_dashboard_and_alerts_use_only_metrics_the_service_exports(server: ServerProcess) -> None:
-    exported = exported_series_names(server.client.get("/metrics").text)
+    exported = server.metrics().names()
     assert {"frlie_request_duration_seconds_bucket", "frlie_errors_total", "frlie_model_info"} <= exported
     used: dict[str, set[str]] = {}
     for title, expr in dashboard_expressions(json.loads(DASHBOARD_FILE.read_text())):

@@ -38,24 +38,14 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tiny_model(tmp_path_factory.getbasetemp())
 
 
-def _start(model_path: Path, log_path: Path, **settings: object) -> ServerProcess:
-    server = ServerProcess(model_path, log_path, **settings)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Batching on, small tiles (so a 600 x 400 image is tiled), small limits (so they are cheap to hit)."""
-    running = _start(
+    running = ServerProcess(
         model_path, tmp_path_factory.mktemp("logs") / "main.log",
         tile_size=64, max_batch_size=4, max_batch_delay_ms=50, queue_size=32,
         max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS, request_timeout_s=60,
-    )
+    ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
 
@@ -63,10 +53,10 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def strict_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One request at a time, a 1 s timeout, batching off."""
-    running = _start(
+    running = ServerProcess(
         model_path, tmp_path_factory.mktemp("logs") / "strict.log",
         tile_size=64, queue_size=1, request_timeout_s=1.0, batching="false", retry_after_s=2,
-    )
+    ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
 
@@ -322,7 +312,7 @@ def test_batching_off_runs_one_item_per_call(strict_server: ServerProcess) -> No
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model_path: Path, tmp_path: Path) -> None:
-    running = _start(model_path, tmp_path / "graceful.log", tile_size=64)
+    running = ServerProcess(model_path, tmp_path / "graceful.log", tile_size=64).start()
     outcome: dict[str, httpx.Response] = {}
     request = threading.Thread(
         target=lambda: outcome.setdefault("response", _post(running, encode_image(dark_image(400, 600), "PNG")))
