@@ -82,25 +82,26 @@ def _cpu_mhz(cpus: list[dict[str, str]]) -> float | None:
     return max(values) if values else None
 
 
-def _memory_gb() -> float | None:
+def _meminfo_kib(field: str) -> int | None:
+    """One field of /proc/meminfo (kiB), or None where there is no /proc (not Linux)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 1024**2
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def _memory_gb() -> float | None:
+    total = _meminfo_kib("MemTotal")
+    return None if total is None else total / 1024**2
 
 
 def available_memory_bytes() -> int | None:
     """MemAvailable now: what a new allocation can use without swapping or the OOM killer."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    available = _meminfo_kib("MemAvailable")
+    return None if available is None else available * 1024
 
 
 def gpus() -> list[dict[str, str]]:
