@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -100,18 +101,32 @@ def metric_names_in(expr: str) -> set[str]:
     return names
 
 
-def dashboard_expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, PromQL expression) for every query target of every panel, rows included."""
-    found: list[tuple[str, str]] = []
+def load_dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD_FILE.read_text())
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, the panels inside collapsed rows included, in dashboard order."""
+    found: list[dict[str, Any]] = []
 
     def visit(panels: list[dict[str, Any]]) -> None:
         for panel in panels:
-            for target in panel.get("targets", []):
-                found.append((panel.get("title", "?"), target["expr"]))
+            found.append(panel)
             visit(panel.get("panels", []))
 
     visit(dashboard["panels"])
     return found
+
+
+def dashboard_expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL expression) for every query target of every panel, rows included."""
+    return [(panel.get("title", "?"), target["expr"])
+            for panel in dashboard_panels(dashboard) for target in panel.get("targets", [])]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    """Every alerting rule of the shipped rule file, across its groups."""
+    return [rule for group in load_yaml(ALERT_RULES)["groups"] for rule in group["rules"]]
 
 
 def grafana_to_promql(expr: str, rate_interval: str = "1m", instance: str = ".*") -> str:

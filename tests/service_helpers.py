@@ -16,7 +16,6 @@ import onnxruntime as ort
 from PIL import Image
 
 import bench.server
-from bench.server import free_port  # noqa: F401  (re-exported for the tests)
 from bench.service_config import setting_env
 
 TINY_MODEL_VERSION = "test-tiny"

@@ -19,8 +19,11 @@ from deploy_helpers import (
     GRAFANA_DIR,
     PROMETHEUS_CONFIG,
     REPO_ROOT,
+    alert_rules,
     dashboard_expressions,
+    dashboard_panels,
     grafana_to_promql,
+    load_dashboard,
     load_yaml,
     parse_setting,
     require_prometheus_tool,
@@ -165,7 +168,7 @@ def test_promtool_accepts_the_prometheus_config() -> None:
 def test_promtool_accepts_the_alert_rules() -> None:
     result = _promtool("check", "rules", str(ALERT_RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    alerts = {rule["alert"] for group in load_yaml(ALERT_RULES)["groups"] for rule in group["rules"]}
+    alerts = {rule["alert"] for rule in alert_rules()}
     assert f"{len(alerts)} rules found" in result.stdout + result.stderr
     assert {"FrlieServiceDown", "FrlieHighLatencyP95", "FrlieHighErrorRate", "FrlieQueueSaturated"} <= alerts
 
@@ -179,7 +182,7 @@ def test_alert_rules_fire_on_synthetic_series() -> None:
 
 def test_every_dashboard_query_parses_in_prometheus(tmp_path: Path) -> None:
     """The dashboard's PromQL through Prometheus' own parser (as recording rules for promtool)."""
-    expressions = dashboard_expressions(json.loads(DASHBOARD_FILE.read_text()))
+    expressions = dashboard_expressions(load_dashboard())
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:query_{n}", "expr": grafana_to_promql(expr)} for n, (_, expr) in enumerate(expressions)
     ]}]}
@@ -200,19 +203,11 @@ def test_grafana_datasource_points_at_the_compose_prometheus() -> None:
     assert load_yaml(DATASOURCE_FILE)["apiVersion"] == 1 and load_yaml(DASHBOARD_PROVIDER_FILE)["apiVersion"] == 1
 
 
-def _all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    panels = []
-    for panel in dashboard["panels"]:
-        panels.append(panel)
-        panels.extend(panel.get("panels", []))
-    return panels
-
-
 def test_dashboard_is_well_formed() -> None:
-    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    dashboard = load_dashboard()
     datasource_uid = load_yaml(DATASOURCE_FILE)["datasources"][0]["uid"]
     assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
-    panels = _all_panels(dashboard)
+    panels = dashboard_panels(dashboard)
     ids = [panel["id"] for panel in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     occupied: set[tuple[int, int]] = set()
@@ -236,7 +231,7 @@ def test_dashboard_is_well_formed() -> None:
 
 def test_dashboard_covers_what_operators_watch() -> None:
     """Request rate, p50/p95/p99 latency, queue wait, batch size, tiles, errors and provider."""
-    expressions = " ".join(expr for _, expr in dashboard_expressions(json.loads(DASHBOARD_FILE.read_text())))
+    expressions = " ".join(expr for _, expr in dashboard_expressions(load_dashboard()))
     assert "rate(frlie_request_duration_seconds_count" in expressions
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(frlie_request_duration_seconds_bucket" in expressions

@@ -17,8 +17,9 @@ from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
+from bench.server import free_port
 from deploy_helpers import DOCKER_DIR, DOCKERFILE, REPO_ROOT, require_tool, setting_env_names
-from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, export_tiny_model, free_port
+from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, export_tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 REQUIREMENTS_SCRIPT = DOCKER_DIR / "requirements.py"

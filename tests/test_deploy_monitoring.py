@@ -18,18 +18,18 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 import pytest
+from bench.server import MetricsSnapshot, free_port
 from deploy_helpers import (
-    ALERT_RULES,
-    DASHBOARD_FILE,
     PROMETHEUS_CONFIG,
+    alert_rules,
     dashboard_expressions,
     grafana_to_promql,
+    load_dashboard,
     load_yaml,
     metric_names_in,
     require_prometheus_tool,
 )
-from bench.server import MetricsSnapshot
-from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, dark_image, encode_image, export_tiny_model, free_port
+from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, dark_image, encode_image, export_tiny_model
 
 pytestmark = pytest.mark.timeout(180)
 T = TypeVar("T")
@@ -272,7 +272,7 @@ def test_p95_latency_and_request_rate_reflect_the_requests(prometheus: Prometheu
 def test_every_dashboard_query_returns_live_data(prometheus: PrometheusProcess, traffic: Traffic) -> None:
     window = f"{_window(traffic)}s"
     empty: list[str] = []
-    for title, expr in dashboard_expressions(json.loads(DASHBOARD_FILE.read_text())):
+    for title, expr in dashboard_expressions(load_dashboard()):
         result = prometheus.query(grafana_to_promql(expr, rate_interval=window))  # fails on a PromQL error
         if not result:
             empty.append(f"{title}: {expr}")
@@ -280,7 +280,7 @@ def test_every_dashboard_query_returns_live_data(prometheus: PrometheusProcess, 
 
 
 def test_alert_rules_load_evaluate_cleanly_and_stay_quiet(prometheus: PrometheusProcess, traffic: Traffic) -> None:
-    expected = {rule["alert"] for group in load_yaml(ALERT_RULES)["groups"] for rule in group["rules"]}
+    expected = {rule["alert"] for rule in alert_rules()}
 
     def evaluated_rules() -> list[dict[str, Any]] | None:
         rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
@@ -298,11 +298,10 @@ def test_dashboard_and_alerts_use_only_metrics_the_service_exports(server: Serve
     exported = server.metrics().names()
     assert {"frlie_request_duration_seconds_bucket", "frlie_errors_total", "frlie_model_info"} <= exported
     used: dict[str, set[str]] = {}
-    for title, expr in dashboard_expressions(json.loads(DASHBOARD_FILE.read_text())):
+    for title, expr in dashboard_expressions(load_dashboard()):
         used.setdefault(f"dashboard panel {title!r}", set()).update(metric_names_in(expr))
-    for group in load_yaml(ALERT_RULES)["groups"]:
-        for rule in group["rules"]:
-            used[f"alert {rule['alert']}"] = metric_names_in(rule["expr"])
+    for rule in alert_rules():
+        used[f"alert {rule['alert']}"] = metric_names_in(rule["expr"])
     unknown = {where: names - exported - SCRAPE_SERIES for where, names in used.items() if names - exported - SCRAPE_SERIES}
     assert not unknown, f"metrics the service does not export: {unknown}"
     assert all(used.values()), "every query selects at least one metric"

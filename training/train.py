@@ -248,7 +248,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         running: dict[str, float] = {}
-        started = self.started = time.monotonic()
+        self.started = time.monotonic()
         stop_reason = "steps"
         epoch = self.step // max(1, len(self.loader))
         self.set_train_mode()
