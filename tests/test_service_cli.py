@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_helpers import REPO_ROOT, dark_image, decode_image, encode_image, export_tiny_model, reference_enhance
+from bench import REPO_ROOT
+from service_helpers import dark_image, decode_image, encode_image, export_tiny_model, reference_enhance
 
 pytestmark = pytest.mark.timeout(120)
 
