@@ -12,13 +12,13 @@ import logging
 from collections.abc import Awaitable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from service.admission import Admission
@@ -40,6 +40,14 @@ from service.metrics import Metrics
 from service.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
 from service.pipeline import Pipeline
 from service.settings import Settings
+from service.strength import AUTO
+
+StrengthParameter = Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]
+STRENGTH_HELP = (
+    "How much of the model's effect to apply: 'auto' (default: full strength for dark photos, less for "
+    "photos that are already bright, by their mean luma) or a number from 0 (the upload unchanged) to 1 "
+    "(the model output)."
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -127,7 +135,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The enhanced image, same size and orientation as the upright input. Headers: "
-        "X-Model-Version, X-Execution-Provider, X-Tile-Count, X-Inference-Time-Ms.",
+        "X-Model-Version, X-Execution-Provider, X-Tile-Count, X-Inference-Time-Ms, X-Strength (the strength "
+        "applied, 0-1).",
         "content": {fmt.media_type: {"schema": {"type": "string", "format": "binary"}} for fmt in OutputFormat},
     }
 }
@@ -203,13 +212,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         quality_query: Annotated[
             int | None, Query(alias="quality", ge=1, le=100, description="Same as the form field (the form field wins).")
         ] = None,
+        strength_field: Annotated[StrengthParameter | None, Form(alias="strength", description=STRENGTH_HELP)] = None,
+        strength_query: Annotated[
+            StrengthParameter | None, Query(alias="strength", description="Same as the form field (the form field wins).")
+        ] = None,
     ) -> Response:
         pipeline = state.ready_pipeline()
         with state.admission.slot():
             if image.size is not None and image.size > settings.max_upload_bytes:
                 raise PayloadTooLarge(f"the image is {image.size} bytes; the limit is {settings.max_upload_bytes}")
             data = await image.read()
-            work = pipeline.process(data, format_field or format_query, quality_field or quality_query)
+            strength = next((value for value in (strength_field, strength_query) if value is not None), AUTO)
+            work = pipeline.process(data, format_field or format_query, quality_field or quality_query, strength)
             try:
                 async with asyncio.timeout(settings.request_timeout_s):
                     result = await _unless_disconnected(request, work)
@@ -220,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "X-Execution-Provider": pipeline.engine.provider,
             "X-Tile-Count": str(result.tiles),
             "X-Inference-Time-Ms": f"{result.inference_seconds * 1000:.1f}",
+            "X-Strength": f"{result.strength:.3f}",
         }
         return Response(result.data, media_type=result.spec.format.media_type, headers=headers)
 

@@ -21,6 +21,7 @@ from service.imageio import OutputFormat
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
+from service.strength import AUTO, Strength
 
 INPUT_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = {OutputFormat.png: ".png", OutputFormat.jpeg: ".jpg", OutputFormat.webp: ".webp"}
@@ -84,7 +85,12 @@ def _collect_inputs(inputs: Sequence[Path]) -> list[tuple[Path, Path]]:
 
 
 async def _enhance_files(
-    jobs: list[tuple[Path, Path]], settings: Settings, requested: OutputFormat | None, quality: int | None, workers: int
+    jobs: list[tuple[Path, Path]],
+    settings: Settings,
+    requested: OutputFormat | None,
+    quality: int | None,
+    workers: int,
+    strength: Strength = AUTO,
 ) -> int:
     """Enhance (source, output path without suffix) pairs; the suffix follows the chosen encoding."""
     engine = await asyncio.to_thread(Engine, settings)
@@ -97,7 +103,9 @@ async def _enhance_files(
         nonlocal failures
         async with slots:
             try:
-                result = await pipeline.process(await asyncio.to_thread(source.read_bytes), requested, quality)
+                result = await pipeline.process(
+                    await asyncio.to_thread(source.read_bytes), requested, quality, strength
+                )
                 target = target.with_suffix(OUTPUT_SUFFIXES[result.spec.format])
                 target.parent.mkdir(parents=True, exist_ok=True)
                 await asyncio.to_thread(target.write_bytes, result.data)
@@ -133,7 +141,20 @@ def enhance(args: argparse.Namespace) -> int:
         print("error: no images found (accepted: " + ", ".join(sorted(INPUT_SUFFIXES)) + ")", file=sys.stderr)
         return EXIT_USAGE
     return_freed_buffers_to_the_os()
-    return asyncio.run(_enhance_files(jobs, settings, args.format, args.quality, args.jobs))
+    return asyncio.run(_enhance_files(jobs, settings, args.format, args.quality, args.jobs, args.strength))
+
+
+def parse_strength(text: str) -> Strength:
+    """argparse type for --strength: 'auto' or a number from 0 to 1."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number from 0 to 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     enhance_parser.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100", default=None)
     enhance_parser.add_argument("--jobs", type=int, choices=range(1, 65), metavar="N", default=2,
                                 help="files processed at once, so their tiles can share batches (default 2)")
+    enhance_parser.add_argument(
+        "--strength", type=parse_strength, default=AUTO, metavar="auto|0-1",
+        help="'auto' (default: full for dark photos, less for bright ones) or 0 (unchanged) to 1 (model output)",
+    )
     enhance_parser.set_defaults(func=enhance)
     return parser
 

@@ -19,6 +19,7 @@ from service.engine import Engine
 from service.imageio import OutputFormat, OutputSpec
 from service.metrics import Metrics
 from service.settings import Settings
+from service.strength import AUTO, Strength, blend_into, resolve_strength
 from service.tiling import extract_tile, stitch_tile
 
 
@@ -37,10 +38,9 @@ class EnhancedFile:
 
     data: bytes
     spec: OutputSpec
-    width: int
-    height: int
     tiles: int
     inference_seconds: float
+    strength: float  # what was applied: 0 is the upload unchanged, 1 the model output
 
 
 class Pipeline:
@@ -89,12 +89,23 @@ class Pipeline:
         self.metrics.pixels_processed.inc(height * width)
         return Enhancement(output, len(plan.tiles), sum(report.inference_seconds for report in reports))
 
-    async def process(self, data: bytes, requested: OutputFormat | None = None, quality: int | None = None) -> EnhancedFile:
-        """Decode, enhance and encode one uploaded file."""
+    async def process(
+        self,
+        data: bytes,
+        requested: OutputFormat | None = None,
+        quality: int | None = None,
+        strength: Strength = AUTO,
+    ) -> EnhancedFile:
+        """Decode, enhance at ``strength`` (see service.strength) and encode one uploaded file."""
         decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels)
         spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
-        width, height, alpha, icc_profile = decoded.width, decoded.height, decoded.alpha, decoded.icc_profile
-        enhancement = await self.enhance_pixels(decoded.rgb)
+        alpha, icc_profile = decoded.alpha, decoded.icc_profile
+        applied = await asyncio.to_thread(resolve_strength, strength, decoded.rgb, self.settings.auto_strength)
+        if applied <= 0.0:  # the upload itself: no model call at all
+            enhancement = Enhancement(decoded.rgb, 0, 0.0)
+        else:
+            enhancement = await self.enhance_pixels(decoded.rgb)
+            await asyncio.to_thread(blend_into, enhancement.pixels, decoded.rgb, applied)
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
-        return EnhancedFile(encoded, spec, width, height, enhancement.tiles, enhancement.inference_seconds)
+        return EnhancedFile(encoded, spec, enhancement.tiles, enhancement.inference_seconds, applied)

@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.strength import AutoStrength
 
 ENV_PREFIX = "FRLIE_"
 # The service's own package sits next to the `model` package, which carries the bundled weights.
@@ -101,6 +103,19 @@ class Settings(BaseSettings):
     )
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when the request names none.")
 
+    # --- strength ----------------------------------------------------------------------------
+    auto_strength_dark: float = Field(
+        0.25, ge=0, le=1, description="strength=auto: photos whose mean luma (0-1) is at most this get the "
+        "model's full effect.",
+    )
+    auto_strength_bright: float = Field(
+        0.55, ge=0, le=1, description="strength=auto: photos at least this bright (mean luma) get "
+        "FRLIE_AUTO_STRENGTH_FLOOR; strength falls linearly in between.",
+    )
+    auto_strength_floor: float = Field(
+        0.3, ge=0, le=1, description="strength=auto: the strength given to bright photos (0: returned unchanged).",
+    )
+
     # --- server ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `python -m service serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `python -m service serve` binds.")
@@ -117,6 +132,15 @@ class Settings(BaseSettings):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _auto_strength_is_valid(self) -> Settings:
+        self.auto_strength  # raises ValueError (a validation error) on dark >= bright
+        return self
+
+    @property
+    def auto_strength(self) -> AutoStrength:
+        return AutoStrength(self.auto_strength_dark, self.auto_strength_bright, self.auto_strength_floor)
 
     @property
     def max_batch_delay_s(self) -> float:

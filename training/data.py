@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,70 @@ class ImagePair:
     name: str
     low: Path
     high: Path
+
+
+@dataclass(frozen=True)
+class ExposureMix:
+    """Per-sample exposure augmentation for stage 2 (beyond the paper; see the model card).
+
+    Each crop is, by chance: an *identity* sample (the normal-light image is both input and target),
+    a *gain* sample (the low image times a log-uniform gain in [1, max_gain], clipped to [0, 1],
+    then with probability ``gamma`` a random gamma in [``min_gamma``, 1]), or the plain low image.
+    The target is always the normal-light image: the network learns that the output exposure does
+    not depend on how dark the input is.
+    """
+
+    identity: float = 0.0
+    gain: float = 0.0
+    max_gain: float = 10.0
+    gamma: float = 0.0
+    min_gamma: float = 0.6
+
+    def __post_init__(self) -> None:
+        if min(self.identity, self.gain, self.gamma) < 0 or self.identity + self.gain > 1:
+            raise ValueError("exposure shares must be >= 0 and identity + gain <= 1")
+        if self.max_gain < 1 or not 0 < self.min_gamma <= 1:
+            raise ValueError("max_gain must be >= 1 and min_gamma in (0, 1]")
+
+    @property
+    def enabled(self) -> bool:
+        return self.identity > 0 or self.gain > 0
+
+    def apply(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """The network input for one float sample in [0, 1] (``low`` is not modified)."""
+        draw = float(torch.rand(()))
+        if draw < self.identity:
+            return high.clone()
+        if draw >= self.identity + self.gain:
+            return low
+        gain = math.exp(float(torch.rand(())) * math.log(self.max_gain))
+        brightened = (low * gain).clamp_(0.0, 1.0)
+        if float(torch.rand(())) < self.gamma:
+            exponent = self.min_gamma + (1.0 - self.min_gamma) * float(torch.rand(()))
+            brightened = brightened.pow_(exponent)
+        return brightened
+
+
+# Fixed evaluation variants for exposure robustness: name -> (low, high) -> network input.
+# "low" is the benchmark task; "low x2"/"low x4" are moderately dark photos (the low image
+# brightened, clipped like a camera would); "high" is a well-exposed photo sent by mistake,
+# scored against itself.
+ExposureVariant = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _brightened(gain: float) -> ExposureVariant:
+    def variant(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(low.astype(np.float32) * gain), 0, 255).astype(np.uint8)
+
+    return variant
+
+
+EXPOSURE_VARIANTS: dict[str, ExposureVariant] = {
+    "low": lambda low, high: low,
+    "low x2": _brightened(2.0),
+    "low x4": _brightened(4.0),
+    "high": lambda low, high: high,
+}
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
@@ -68,13 +134,25 @@ class PairedImages(Dataset):
     """All pairs decoded once into memory; each item is a random aligned crop with random flips.
 
     ``crop=None`` returns whole images (for validation). ``repeats`` lets one epoch visit every
-    image several times so that small datasets still give long, cheap epochs.
+    image several times so that small datasets still give long, cheap epochs. ``rotate`` adds the
+    90-degree rotations to the flips (the 8 symmetries of a square crop); ``exposure`` replaces the
+    input of some samples (see ``ExposureMix``).
     """
 
-    def __init__(self, root: str | Path, crop: int | None = 192, augment: bool = True, repeats: int = 1) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        crop: int | None = 192,
+        augment: bool = True,
+        repeats: int = 1,
+        rotate: bool = False,
+        exposure: ExposureMix | None = None,
+    ) -> None:
         self.pairs = list_pairs(root)
         self.crop = crop
         self.augment = augment
+        self.rotate = rotate and crop is not None
+        self.exposure = exposure if exposure is not None and exposure.enabled else None
         self.repeats = max(1, repeats)
         self.low: list[torch.Tensor] = []
         self.high: list[torch.Tensor] = []
@@ -105,4 +183,9 @@ class PairedImages(Dataset):
                 low, high = low.flip(-1), high.flip(-1)
             if torch.rand(()) < 0.5:
                 low, high = low.flip(-2), high.flip(-2)
-        return low.float().div_(255.0), high.float().div_(255.0)
+            if self.rotate and torch.rand(()) < 0.5:
+                low, high = low.transpose(-1, -2), high.transpose(-1, -2)
+        low_f, high_f = low.float().div_(255.0), high.float().div_(255.0)
+        if self.exposure is not None:
+            low_f = self.exposure.apply(low_f, high_f)
+        return low_f.contiguous(), high_f.contiguous()

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from training.baselines import BASELINES
-from training.data import ImagePair, PairedDataError, list_pairs, load_rgb
+from training.data import EXPOSURE_VARIANTS, ExposureVariant, ImagePair, PairedDataError, list_pairs, load_rgb
 from training.inference import load_enhancer
 from training.metrics import psnr, psnr_gt_mean, ssim
 from training.niqe import niqe
@@ -74,8 +74,12 @@ def evaluate_model(
     with_niqe: bool = True,
     save_dir: str | Path | None = None,
     progress: bool = True,
+    exposure: ExposureVariant | None = None,
 ) -> dict[str, Any]:
     """Score ``enhancer`` (uint8 RGB -> uint8 RGB) on every pair, with each baseline on the same images.
+
+    ``exposure`` (one of ``EXPOSURE_VARIANTS``) turns each (low, high) pair into the input; the
+    reference is always the high image.
 
     Returns ``{"model", "count", "mean", "images": [{"name", metrics...}], "baselines": {name: mean}}``.
     ``save_dir`` receives ``enhanced/NAME.png`` and ``comparison.png``. Pass ``baselines=None`` (or
@@ -95,6 +99,8 @@ def evaluate_model(
         low, high = load_rgb(pair.low), load_rgb(pair.high)
         if low.shape != high.shape:
             raise PairedDataError(f"{pair.name}: low {low.shape} and high {high.shape} differ in size")
+        if exposure is not None:
+            low = exposure(low, high)
         enhanced = enhancer(low)
         scores = score_image(enhanced, high, with_niqe)
         images.append({"name": pair.name, **scores})
@@ -119,6 +125,27 @@ def evaluate_model(
         "images": images,
         "baselines": {name: mean_scores(rows) for name, rows in baseline_rows.items()},
     }
+
+
+def evaluate_exposures(
+    enhancer: Enhance, pairs: Sequence[ImagePair], names: Sequence[str] = tuple(EXPOSURE_VARIANTS), *,
+    with_niqe: bool = False, progress: bool = True,
+) -> dict[str, dict[str, float | None]]:
+    """Mean scores of ``enhancer`` on each named exposure variant of ``pairs`` (see EXPOSURE_VARIANTS)."""
+    unknown = [name for name in names if name not in EXPOSURE_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown exposure variant(s) {unknown}; choose from {list(EXPOSURE_VARIANTS)}")
+    return {
+        name: evaluate_model(enhancer, pairs, baselines=None, with_niqe=with_niqe, progress=progress,
+                             exposure=EXPOSURE_VARIANTS[name])["mean"]
+        for name in names
+    }
+
+
+def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int) -> str:
+    """The exposure rows as one table: input variant, then the metrics against the high image."""
+    header = [f"input (mean of {count}, vs high)", *(METRIC_HEADERS[key] for key in METRIC_KEYS)]
+    return _table(header, [[name, *_metric_cells(scores)] for name, scores in rows.items()])
 
 
 # --------------------------------------------------------------------------- pictures
@@ -264,6 +291,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--no-baselines", action="store_true", help="skip input / gamma / hist_eq / clahe")
     parser.add_argument("--no-niqe", action="store_true", help="skip NIQE (faster)")
+    parser.add_argument(
+        "--exposures", action="store_true",
+        help=f"also score exposure variants of the inputs ({', '.join(EXPOSURE_VARIANTS)}; 'high' against itself)",
+    )
     parser.add_argument("--figure", metavar="NAME", help="image (e.g. 101 or 101.png) for a before/after JPEG")
     parser.add_argument("--figure-out", type=Path, metavar="FILE.jpg", help="where --figure writes (< 300 KB)")
     parser.set_defaults(func=run)
@@ -288,11 +319,15 @@ def run(args: argparse.Namespace) -> int:
             with_niqe=not args.no_niqe,
             save_dir=args.save_dir,
         )
+        if args.exposures:
+            result["exposures"] = evaluate_exposures(enhancer, all_pairs[: args.limit], with_niqe=not args.no_niqe)
     except ValueError as exc:  # includes PairedDataError: bad paths, unpaired or unreadable files
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result["data"] = str(pairs_dir)
     print(format_report(result))
+    if "exposures" in result:
+        print("\n" + format_exposures(result["exposures"], result["count"]))
     if args.save_dir is not None:
         print(f"wrote {args.save_dir / ENHANCED_DIR}/ and {args.save_dir / COMPARISON_SHEET}")
     if args.json is not None:

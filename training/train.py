@@ -8,6 +8,7 @@ Every run is resumable: ``last.pt`` holds model, optimizer, schedule, step and R
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import math
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from model import FRLIE, FRLIEConfig, load_weights, read_checkpoint, save_weights
 from training import distributed as dist_utils
-from training.data import ImagePair, PairedImages, list_pairs
-from training.evaluate import evaluate_model
+from training.data import EXPOSURE_VARIANTS, ExposureMix, ImagePair, PairedImages, list_pairs
+from training.evaluate import evaluate_exposures, evaluate_model
 from training.inference import model_enhancer
 from training.losses import LossTerms, reconstruction_loss, restoration_loss
 
@@ -42,16 +44,31 @@ LAST, BEST = "last.pt", "best.pt"
 VAL_LOG = "val.csv"
 
 
-def validate_model(model: FRLIE, pairs: Sequence[ImagePair], stage: str, device: torch.device) -> dict[str, float]:
-    """Mean PSNR / SSIM of whole 8-bit outputs over ``pairs`` (stage 1: reconstruction of high)."""
+def validate_model(
+    model: FRLIE, pairs: Sequence[ImagePair], stage: str, device: torch.device, exposures: bool = False
+) -> dict[str, float]:
+    """Mean PSNR / SSIM of whole 8-bit outputs over ``pairs`` (stage 1: reconstruction of high).
+
+    With ``exposures`` (not for stage 1) every variant of ``EXPOSURE_VARIANTS`` is scored too
+    (``psnr_low_x2``...), and ``score`` (what selects the best checkpoint) is the mean PSNR over
+    the variants instead of the plain low -> high PSNR.
+    """
     model.eval()
     net = model
     if stage == "stage1":
         net, pairs = model.reconstruct, [ImagePair(p.name, low=p.high, high=p.high) for p in pairs]
     with torch.no_grad():
-        mean = evaluate_model(model_enhancer(net, device), pairs, baselines=None, with_niqe=False,
-                              progress=False)["mean"]
-    return {"psnr": mean["psnr"], "ssim": mean["ssim"]}
+        enhancer = model_enhancer(net, device)
+        if not exposures or stage == "stage1":
+            mean = evaluate_model(enhancer, pairs, baselines=None, with_niqe=False, progress=False)["mean"]
+            return {"psnr": mean["psnr"], "ssim": mean["ssim"], "score": mean["psnr"]}
+        rows = evaluate_exposures(enhancer, pairs, progress=False)
+    result = {"psnr": rows["low"]["psnr"], "ssim": rows["low"]["ssim"]}
+    for name, scores in rows.items():
+        if name != "low":
+            result["psnr_" + name.replace(" ", "_")] = scores["psnr"]
+    result["score"] = float(np.mean([scores["psnr"] for scores in rows.values()]))
+    return result
 
 
 def read_val_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -152,7 +169,13 @@ class Trainer:
         for part in trainable_parts(self.model, self.stage):
             part.requires_grad_(True)
         params = [p for part in trainable_parts(self.model, self.stage) for p in part.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))
+        self.optimizer = torch.optim.Adam(params, lr=args.lr, betas=tuple(args.adam_betas))
+        # EMA of what trains (frozen parts stay bit-identical): validated, and saved as best.pt.
+        self.ema = (
+            AveragedModel(nn.ModuleList(trainable_parts(self.model, self.stage)),
+                          multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+            if args.ema > 0 else None
+        )
         final_ratio = args.lr_final / args.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, args.steps, args.lr_schedule, args.decay_at, final_ratio)
@@ -172,7 +195,12 @@ class Trainer:
             else step_module
         )
         data_root = Path(args.data)
-        self.train_set = PairedImages(data_root / "train", crop=args.crop, augment=True)
+        exposure = ExposureMix(  # the options exist for stage 2 only
+            identity=getattr(args, "exposure_identity", 0.0), gain=getattr(args, "exposure_gain", 0.0),
+            max_gain=getattr(args, "exposure_max_gain", 10.0), gamma=getattr(args, "exposure_gamma", 0.0),
+        )
+        self.train_set = PairedImages(data_root / "train", crop=args.crop, augment=True, rotate=args.rotate,
+                                      exposure=exposure)
         self.sampler = (
             DistributedSampler(self.train_set, seed=args.seed, drop_last=True) if self.ctx.enabled else None
         )
@@ -196,10 +224,13 @@ class Trainer:
         if resume is not None:
             return FRLIE(FRLIEConfig.from_dict(resume["config"]))
         config = FRLIEConfig(width=args.width, fr_blocks=args.fr_blocks, upsample=args.upsample)
+        if args.init:  # warm start: every part from a trained model (e.g. the shipped weights)
+            model, _ = load_weights(args.init)
+            return model
         if self.stage != "stage2":
             return FRLIE(config)
         if not args.stage1:
-            raise SystemExit("stage2 needs --stage1 CHECKPOINT (the encoder/decoder trained by stage1)")
+            raise SystemExit("stage2 needs --stage1 CHECKPOINT (the encoder/decoder trained by stage1) or --init")
         pretrained, _ = load_weights(args.stage1)
         config = FRLIEConfig(pretrained.config.width, args.fr_blocks, pretrained.config.upsample)
         model = FRLIE(config)
@@ -211,6 +242,8 @@ class Trainer:
         if payload.get("stage") != self.stage:
             raise SystemExit(f"{self.out / LAST} is a {payload.get('stage')} checkpoint, not {self.stage}")
         self.model.load_state_dict(payload["model"])
+        if self.ema is not None and payload.get("ema") is not None:
+            self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.step = int(payload["step"])
@@ -301,28 +334,39 @@ class Trainer:
         scaler.step(self.optimizer)
         scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(nn.ModuleList(trainable_parts(self.model, self.stage)))
         return terms
 
     # --- validation, logs and checkpoints ----------------------------------------------------
-    def validate(self) -> dict[str, float]:
-        """PSNR / SSIM on the 8-bit outputs of whole val images (stage 1: reconstruction of high)."""
-        return validate_model(self.model, self.val_pairs, self.stage, self.device)
+    def evaluated_model(self) -> FRLIE:
+        """What validation scores and ``best.pt`` holds: the EMA weights when --ema is on, else the model."""
+        if self.ema is None:
+            return self.model
+        averaged = copy.deepcopy(self.model)
+        for part, ema_part in zip(trainable_parts(averaged, self.stage), self.ema.module):
+            part.load_state_dict(ema_part.state_dict())
+        return averaged
 
     def _validate_and_save(self) -> dict[str, float] | None:
         result = None
         self.validated_at = self.step
         if self.ctx.is_main:
-            result = self.validate()
-            improved = result["psnr"] > self.best_psnr
+            evaluated = self.evaluated_model()
+            result = validate_model(evaluated, self.val_pairs, self.stage, self.device,
+                                    exposures=getattr(self.args, "val_exposures", False))
+            improved = result["score"] > self.best_psnr
+            metrics = {"val_" + key: value for key, value in result.items()}
             if improved:
-                self.best_psnr = result["psnr"]
-                save_weights(self.model, self.out / BEST, stage=self.stage, step=self.step,
-                             metrics={"val_psnr": result["psnr"], "val_ssim": result["ssim"]})
+                self.best_psnr = result["score"]
+                save_weights(evaluated, self.out / BEST, stage=self.stage, step=self.step, metrics=metrics)
+            extra = {key: round(value, 4) for key, value in result.items() if key.startswith("psnr_")}
             self._append_csv(VAL_LOG, {"step": self.step, "psnr": round(result["psnr"], 4),
-                                         "ssim": round(result["ssim"], 5), "best": int(improved)})
+                                         "ssim": round(result["ssim"], 5), "best": int(improved), **extra})
             if not self.args.quiet:
+                shown = "".join(f", {key[5:]} {value:.2f}" for key, value in extra.items())
                 tqdm.write(f"[{self.stage}] step {self.step}: val PSNR {result['psnr']:.3f} dB, "
-                           f"SSIM {result['ssim']:.4f}{'  (best)' if improved else ''}")
+                           f"SSIM {result['ssim']:.4f}{shown}{'  (best)' if improved else ''}")
         self._save_last()
         return result
 
@@ -333,6 +377,7 @@ class Trainer:
             save_weights(
                 self.model, self.out / LAST, stage=self.stage, step=self.step, best_psnr=self.best_psnr,
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                ema=self.ema.state_dict() if self.ema is not None else None,
                 rng=_rng_state(), args=vars(self.args), elapsed_s=self.elapsed(), world_size=self.ctx.world_size,
             )
         dist_utils.barrier(self.ctx)
@@ -383,8 +428,24 @@ def _add_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    parser.add_argument("--adam-betas", type=float, nargs=2, default=(0.5, 0.9), metavar=("B1", "B2"),
+                        help="Adam betas (paper: 0.5 0.9)")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="EMA decay of the trained weights (e.g. 0.999); the EMA is validated and saved as best")
+    parser.add_argument("--rotate", action="store_true", help="add 90-degree rotations to the flips (8-way)")
+    parser.add_argument("--init", type=Path, help="warm start every part from this checkpoint (e.g. model/weights/frlie.pt)")
     if stage == "stage2":
         parser.add_argument("--stage1", type=Path, help="stage-1 checkpoint providing the frozen encoder/decoder")
+        group = parser.add_argument_group("exposure robustness (beyond the paper)")
+        group.add_argument("--exposure-identity", type=float, default=0.0,
+                           help="share of samples whose input is the normal-light image itself")
+        group.add_argument("--exposure-gain", type=float, default=0.0,
+                           help="share of samples whose low image is brightened by a log-uniform gain")
+        group.add_argument("--exposure-max-gain", type=float, default=10.0, help="largest gain (default 10)")
+        group.add_argument("--exposure-gamma", type=float, default=0.0,
+                           help="probability of an extra random gamma in [0.6, 1] on a gain sample")
+        group.add_argument("--val-exposures", action="store_true",
+                           help="validate on the exposure variants too and select the best on their mean PSNR")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
