@@ -81,7 +81,8 @@ class ServiceState:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.admission = Admission(settings.queue_size, settings.retry_after_s, metrics.inflight_requests)
+        self.admission = Admission(settings.queue_size, settings.max_queued_pixels, settings.request_timeout_s,
+                                   settings.retry_after_s, metrics.inflight_requests)
         self.pipeline: Pipeline | None = None
         self.load_error: str | None = None
 
@@ -136,7 +137,7 @@ IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The enhanced image, same size and orientation as the upright input. Headers: "
         "X-Model-Version, X-Execution-Provider, X-Tile-Count, X-Inference-Time-Ms, X-Strength (the strength "
-        "applied, 0-1).",
+        "applied, 0-1), X-Tile-Plan (e.g. `whole 400x600` or `2x5 windows of 1648x1040`).",
         "content": {fmt.media_type: {"schema": {"type": "string", "format": "binary"}} for fmt in OutputFormat},
     }
 }
@@ -223,7 +224,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise PayloadTooLarge(f"the image is {image.size} bytes; the limit is {settings.max_upload_bytes}")
             data = await image.read()
             strength = next((value for value in (strength_field, strength_query) if value is not None), AUTO)
-            work = pipeline.process(data, format_field or format_query, quality_field or quality_query, strength)
+            work = pipeline.process(data, format_field or format_query, quality_field or quality_query, strength,
+                                    admit=state.admission.work)
             try:
                 async with asyncio.timeout(settings.request_timeout_s):
                     result = await _unless_disconnected(request, work)
@@ -235,6 +237,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "X-Tile-Count": str(result.tiles),
             "X-Inference-Time-Ms": f"{result.inference_seconds * 1000:.1f}",
             "X-Strength": f"{result.strength:.3f}",
+            "X-Tile-Plan": result.plan,
         }
         return Response(result.data, media_type=result.spec.format.media_type, headers=headers)
 
@@ -250,7 +253,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def readyz() -> dict[str, Any]:
         pipeline = state.ready_pipeline()
-        return {"status": "ready", **pipeline.engine.describe(), "settings": settings.public_view()}
+        return {"status": "ready", **pipeline.engine.describe(), "queued_seconds": state.admission.queued_seconds,
+                "settings": settings.public_view()}
 
     @app.get("/metrics", summary="Prometheus metrics (text format)", tags=["operations"], response_class=Response)
     async def prometheus_metrics() -> Response:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from service.engine import Engine, missing_model_message
 from service.errors import ServiceError
 from service.imageio import OutputFormat
+from service.memory import return_freed_buffers_to_the_os
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
@@ -26,19 +26,6 @@ from service.strength import AUTO, Strength
 INPUT_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = {OutputFormat.png: ".png", OutputFormat.jpeg: ".jpg", OutputFormat.webp: ".webp"}
 EXIT_USAGE = 2
-GLIBC_M_MMAP_THRESHOLD = -3  # mallopt parameter number from <malloc.h>
-
-
-def return_freed_buffers_to_the_os() -> None:
-    """Make glibc serve allocations >= 1 MiB with mmap, so image buffers go back to the OS when freed.
-
-    Otherwise its adaptive threshold soon keeps such buffers in per-thread heaps, and a process
-    that handled one 24 MP upload holds on to a few hundred MB it no longer uses.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(GLIBC_M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def _model_missing(settings: Settings) -> bool:

@@ -14,14 +14,20 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.settings import Settings
-from service.tiling import TilePlan, plan_tiles, tile_window_shape
+from service.memory import measure_peak_growth
+from service.settings import DEFAULT_GPU_TILE_SIZE, Settings
+from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "enhanced"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# The input that measures working memory and speed at start-up: big enough that ORT's working
+# buffers dwarf allocator noise (~150 MB on the 4-block model), small enough to take a few seconds.
+MEMORY_PROBE_SHAPE = (384, 384)
+THROUGHPUT_SMOOTHING = 0.3
+EXAMPLE_SIZES = ((640, 480), (1920, 1080), (4000, 3000), (6000, 4000))  # width x height, for /readyz  # weight of the newest ORT call in the seconds-per-pixel estimate
 
 
 class ModelFileError(RuntimeError):
@@ -56,6 +62,9 @@ class Engine:
         options.intra_op_num_threads = settings.intra_op_threads
         # Memory patterns pre-plan one block per input shape: twice the peak memory, no speed gain here.
         options.enable_mem_pattern = False
+        # Without the CPU arena, the memory of a large window goes back to the OS after the call
+        # instead of staying reserved for the life of the process (same speed, measured).
+        options.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(path), options, providers=_provider_list(settings))
         self.providers: list[str] = self.session.get_providers()
         if self.providers[0] != settings.providers[0]:
@@ -69,18 +78,51 @@ class Engine:
         self.model_version = metadata.get("model_version", "unversioned")
         self.receptive_radius = int(metadata["receptive_radius"])
         self.size_multiple = int(metadata.get("size_multiple", "4"))
-        self.tile_core = -(-settings.tile_size // self.size_multiple) * self.size_multiple
-        self.tile_shape = tile_window_shape(self.tile_core, self.receptive_radius, self.size_multiple)
-
         on_gpu = self.provider in GPU_PROVIDERS
+        # Fixed tiles on a GPU (one shape: batching, cuDNN caches) or when FRLIE_TILE_SIZE asks for
+        # them; otherwise windows are planned per image by cost within the memory budget.
+        tile_size = settings.tile_size or DEFAULT_GPU_TILE_SIZE
+        self.cost_aware = settings.tile_size is None and not on_gpu
+        self.tile_core = -(-tile_size // self.size_multiple) * self.size_multiple
+        self.tile_shape = tile_window_shape(self.tile_core, self.receptive_radius, self.size_multiple)
+        self.memory_budget_bytes = settings.memory_budget_mb * 1024 * 1024
+        self.working_bytes_per_pixel: float | None = None
+        self.seconds_per_pixel: float | None = None  # measured: the probe, then every ORT call
+        self.max_window_pixels = self.tile_shape[0] * self.tile_shape[1]
+
         self.use_io_binding = on_gpu if settings.io_binding is None else settings.io_binding
         # With padded batches every ORT call on a shape carries exactly batch_limit(shape) items.
         self.pad_batches = on_gpu if settings.fixed_batch_shapes is None else settings.fixed_batch_shapes
         self.max_batch_size = settings.effective_max_batch_size
+        if self.cost_aware:
+            self._measure()
         self.max_batch_pixels = settings.max_batch_pixels
         if self.max_batch_pixels is None and not on_gpu:
-            self.max_batch_pixels = self.tile_shape[0] * self.tile_shape[1]
+            self.max_batch_pixels = self.max_window_pixels
         self.warmup_seconds: float | None = None
+
+    def _measure(self) -> None:
+        """Working memory per input pixel and seconds per pixel, from one probe call on this machine.
+
+        The window budget is the memory budget divided by the measured bytes per pixel (never below
+        one fixed tile, so a tiny budget still works). Where peak memory cannot be read (not Linux),
+        windows stay at the fixed tile shape.
+        """
+        height, width = MEMORY_PROBE_SHAPE
+        probe = np.zeros((1, 3, height, width), dtype=np.float32)
+        self.run(probe[:, :, :64, :64])  # first-call set-up is not part of the per-pixel cost
+        started = time.perf_counter()
+        growth = measure_peak_growth(lambda: self.run(probe))
+        self.seconds_per_pixel = (time.perf_counter() - started) / (height * width)
+        if growth is None:
+            log.warning("peak memory cannot be measured here: tiles stay at %s", self.tile_shape)
+            self.cost_aware = False
+            return
+        self.working_bytes_per_pixel = max(1.0, growth / (height * width))
+        budget_pixels = int(self.memory_budget_bytes / self.working_bytes_per_pixel)
+        self.max_window_pixels = max(budget_pixels, self.tile_shape[0] * self.tile_shape[1])
+        log.info("measured %.0f bytes and %.2f us per pixel: windows up to %.2f MP",
+                 self.working_bytes_per_pixel, self.seconds_per_pixel * 1e6, self.max_window_pixels / 1e6)
 
     @property
     def provider(self) -> str:
@@ -100,22 +142,43 @@ class Engine:
         return max(1, min(self.max_batch_size, self.max_batch_pixels // (height * width)))
 
     def plan(self, height: int, width: int) -> TilePlan:
-        """How an image of this size is cut into model inputs (run whole if no bigger than one tile)."""
+        """How an image of this size is cut into model inputs: the cheapest windows within the memory
+        budget (whole if it fits), or fixed tiles (whole if no bigger than one tile)."""
+        if self.cost_aware:
+            return plan_within_budget(height, width, max_window_pixels=self.max_window_pixels,
+                                      receptive_radius=self.receptive_radius, multiple=self.size_multiple)
         return plan_tiles(
             height, width, core=self.tile_core, receptive_radius=self.receptive_radius, multiple=self.size_multiple
         )
 
+    def predicted_seconds(self, computed_pixels: int) -> float | None:
+        """How long the model needs for this many computed pixels, from measured throughput."""
+        return None if self.seconds_per_pixel is None else computed_pixels * self.seconds_per_pixel
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """One ORT call on N x 3 x H x W float32; blocking, so callers run it in a worker thread."""
+        started = time.perf_counter()
         if not self.use_io_binding:
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-        # ORT copies the input to the device and the result straight into our host buffer.
-        output = np.empty_like(batch)
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(INPUT_NAME, batch)
-        binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, output.shape, output.ctypes.data)
-        self.session.run_with_iobinding(binding)
+            output = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        else:
+            # ORT copies the input to the device and the result straight into our host buffer.
+            output = np.empty_like(batch)
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(INPUT_NAME, batch)
+            binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, output.shape, output.ctypes.data)
+            self.session.run_with_iobinding(binding)
+        self._observe(batch.shape[0] * batch.shape[2] * batch.shape[3], time.perf_counter() - started)
         return output
+
+    def _observe(self, pixels: int, seconds: float) -> None:
+        """Fold one call into the seconds-per-pixel estimate (tiny calls say little: skipped)."""
+        if pixels < 64 * 64:
+            return
+        latest = seconds / pixels
+        previous = self.seconds_per_pixel
+        self.seconds_per_pixel = latest if previous is None else (
+            (1 - THROUGHPUT_SMOOTHING) * previous + THROUGHPUT_SMOOTHING * latest
+        )
 
     def warm_up(self) -> float:
         """Run every batch shape of the fixed tile once, so large images pay no first-run costs.
@@ -123,6 +186,9 @@ class Engine:
         Whole small images (and images narrower than a tile) have shapes that depend on the upload,
         so they cannot be warmed up in advance.
         """
+        if self.cost_aware:  # window shapes follow the uploads; the start-up probe already ran the model
+            self.warmup_seconds = 0.0
+            return self.warmup_seconds
         height, width = self.tile_shape
         full_batch = self.batch_limit(height, width)
         batch_sizes = {full_batch} if self.pad_batches else {1, full_batch}
@@ -130,6 +196,9 @@ class Engine:
         for size in sorted(batch_sizes):
             self.run(np.zeros((size, 3, height, width), dtype=np.float32))
         self.warmup_seconds = time.perf_counter() - started
+        # First calls include one-off set-up: measure the throughput on a warm call instead.
+        self.seconds_per_pixel = None
+        self.run(np.zeros((1, 3, height, width), dtype=np.float32))
         log.info("warmed up %s on %s in %.2f s", sorted(batch_sizes), self.providers, self.warmup_seconds)
         return self.warmup_seconds
 
@@ -141,9 +210,15 @@ class Engine:
             "providers": self.providers,
             "precision": self.metadata.get("precision", "unknown"),
             "receptive_radius": self.receptive_radius,
-            "tile_core": self.tile_core,
-            "tile_shape": list(self.tile_shape),
-            "tile_batch_size": self.batch_limit(*self.tile_shape),
+            "tiling": "cost-aware" if self.cost_aware else "fixed",
+            "tile_core": None if self.cost_aware else self.tile_core,
+            "tile_shape": None if self.cost_aware else list(self.tile_shape),
+            "tile_batch_size": None if self.cost_aware else self.batch_limit(*self.tile_shape),
+            "memory_budget_bytes": self.memory_budget_bytes,
+            "working_bytes_per_pixel": self.working_bytes_per_pixel,
+            "max_window_pixels": self.max_window_pixels,
+            "seconds_per_megapixel": None if self.seconds_per_pixel is None else self.seconds_per_pixel * 1e6,
+            "example_plans": {f"{w}x{h}": self.plan(h, w).describe() for w, h in EXAMPLE_SIZES},
             "max_batch_pixels": self.max_batch_pixels,
             "padded_batches": self.pad_batches,
             "io_binding": self.use_io_binding,

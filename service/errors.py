@@ -35,6 +35,12 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class TooSlowForDeadline(PayloadTooLarge):
+    """The image alone would take longer than the request time limit on this deployment."""
+
+    code = "too_slow_for_deadline"
+
+
 class UnsupportedFormat(ServiceError):
     """A real image, but in a format or pixel layout the service does not accept."""
 

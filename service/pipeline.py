@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
 from service import imageio
+from service.admission import Cost
 from service.batcher import Batcher, BatchReport
 from service.engine import Engine
 from service.imageio import OutputFormat, OutputSpec
@@ -30,6 +33,7 @@ class Enhancement:
     pixels: np.ndarray  # H x W x 3, uint8 or float32
     tiles: int
     inference_seconds: float  # total of the ORT calls that carried this image's work
+    plan: str = "none"  # how the image was cut into model calls (TilePlan.describe)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class EnhancedFile:
     tiles: int
     inference_seconds: float
     strength: float  # what was applied: 0 is the upload unchanged, 1 the model output
+    plan: str
 
 
 class Pipeline:
@@ -87,7 +92,12 @@ class Pipeline:
                 future.cancel()
         self.metrics.tiles_per_request.observe(len(plan.tiles))
         self.metrics.pixels_processed.inc(height * width)
-        return Enhancement(output, len(plan.tiles), sum(report.inference_seconds for report in reports))
+        return Enhancement(output, len(plan.tiles), sum(report.inference_seconds for report in reports), plan.describe())
+
+    def cost(self, height: int, width: int) -> Cost:
+        """What enhancing an image of this size will take, from its plan and the measured throughput."""
+        plan = self.engine.plan(height, width)
+        return Cost(height * width, self.engine.predicted_seconds(plan.computed_pixels))
 
     async def process(
         self,
@@ -95,8 +105,12 @@ class Pipeline:
         requested: OutputFormat | None = None,
         quality: int | None = None,
         strength: Strength = AUTO,
+        admit: Callable[[Cost], AbstractContextManager[None]] | None = None,
     ) -> EnhancedFile:
-        """Decode, enhance at ``strength`` (see service.strength) and encode one uploaded file."""
+        """Decode, enhance at ``strength`` (see service.strength) and encode one uploaded file.
+
+        ``admit`` (the service's admission control) may refuse the work once its size is known.
+        """
         decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels)
         spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
         alpha, icc_profile = decoded.alpha, decoded.icc_profile
@@ -104,8 +118,14 @@ class Pipeline:
         if applied <= 0.0:  # the upload itself: no model call at all
             enhancement = Enhancement(decoded.rgb, 0, 0.0)
         else:
-            enhancement = await self.enhance_pixels(decoded.rgb)
+            with (admit or _admit_everything)(self.cost(decoded.height, decoded.width)):
+                enhancement = await self.enhance_pixels(decoded.rgb)
             await asyncio.to_thread(blend_into, enhancement.pixels, decoded.rgb, applied)
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
-        return EnhancedFile(encoded, spec, enhancement.tiles, enhancement.inference_seconds, applied)
+        return EnhancedFile(encoded, spec, enhancement.tiles, enhancement.inference_seconds, applied, enhancement.plan)
+
+
+def _admit_everything(_: Cost) -> AbstractContextManager[None]:
+    """The folder CLI has no deadline and no concurrent clients: everything is admitted."""
+    return nullcontext()

@@ -20,6 +20,7 @@ ENV_PREFIX = "FRLIE_"
 # The service's own package sits next to the `model` package, which carries the bundled weights.
 BUNDLED_MODEL_PATH = Path(__file__).resolve().parents[1] / "model" / "weights" / "frlie.onnx"
 CUDA_PROVIDER = "CUDAExecutionProvider"
+DEFAULT_GPU_TILE_SIZE = 256  # tile core on a GPU when FRLIE_TILE_SIZE is unset
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
@@ -62,11 +63,17 @@ class Settings(BaseSettings):
     )
 
     # --- tiling ----------------------------------------------------------------------------
-    tile_size: int = Field(
-        256, ge=4, description="Output pixels per tile side (the tile core). The model input tile is this "
-        "plus a halo on each side of at least the model's receptive radius (148 px for the 4-block model, "
-        "so 552 x 552). Rounded up to the model's size multiple. Images with no more pixels than one tile "
-        "run whole.",
+    tile_size: int | None = Field(
+        None, ge=4, description="Fixed tiles: output pixels per tile side (the tile core). The model input "
+        "tile is this plus a halo on each side of at least the model's receptive radius (148 px for the "
+        "4-block model, so 552 x 552 at 256). Unset: on the CPU each image gets the windows that compute "
+        "the fewest pixels within FRLIE_MEMORY_BUDGET_MB (whole when it fits); on a GPU fixed 256 px tiles, "
+        "so batching and cuDNN's algorithm cache see one shape.",
+    )
+    memory_budget_mb: int = Field(
+        1800, ge=64, description="Working memory one ORT call may use on the CPU (MiB). Windows are sized "
+        "from it and the model's bytes per pixel, measured at start-up (about 1000 for the 4-block model, "
+        "so windows up to ~1.9 MP); the default keeps a 24 MP upload under ~2.5 GB of process memory.",
     )
 
     # --- batching and queueing -------------------------------------------------------------
@@ -84,14 +91,21 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1000, description="How long a partial batch waits for more same-shape work."
     )
     queue_size: int = Field(
-        8, ge=1, description="Most /enhance requests admitted at once (queued or running); more get 503 "
-        "with Retry-After. Admitted requests hold their decoded image and its output, so this also bounds "
-        "memory (worst case about queue_size x 6 bytes x max_pixels).",
+        32, ge=1, description="Most /enhance requests in the service at once (receiving, queued or running); "
+        "more get 503 with Retry-After. Bounds the upload bytes held (queue_size x max_upload_bytes).",
+    )
+    max_queued_pixels: int = Field(
+        60_000_000, ge=1, description="Most image pixels admitted for enhancement at once (each holds its "
+        "decoded input and output, ~6 bytes per pixel). A request that would pass it gets 503 with the "
+        "predicted wait as Retry-After. Always admits one image when nothing else is queued.",
     )
     request_timeout_s: float = Field(
-        120.0, gt=0, description="Per-request limit for decoding, queueing, inference and encoding; 504 after."
+        600.0, gt=0, description="Per-request limit for decoding, queueing, inference and encoding; 504 after. "
+        "Requests whose predicted queue wait plus compute (from measured throughput) would pass it are "
+        "refused at once: 503 if waiting would help, 413 if the image alone is too slow for this machine.",
     )
-    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds when no wait can be predicted "
+                               "(model still loading, or too many requests at once).")
 
     # --- input limits and output encoding --------------------------------------------------
     max_upload_bytes: int = Field(

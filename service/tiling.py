@@ -54,6 +54,18 @@ class TilePlan:
     def is_whole_image(self) -> bool:
         return len(self.tiles) == 1
 
+    @property
+    def computed_pixels(self) -> int:
+        """Pixels the network computes for this image (windows x window area): what it costs."""
+        return len(self.tiles) * self.window_shape[0] * self.window_shape[1]
+
+    def describe(self) -> str:
+        """``3x2 windows of 1532x1648`` (rows x columns, height x width) or ``whole 600x400``."""
+        rows = len({tile.rows for tile in self.tiles})
+        cols = len(self.tiles) // rows
+        height, width = self.window_shape
+        return f"whole {height}x{width}" if self.is_whole_image else f"{rows}x{cols} windows of {height}x{width}"
+
 
 def padded_length(length: int, multiple: int) -> int:
     """The side length the network is run on: a multiple of ``multiple`` and at least MIN_SIDE."""
@@ -76,6 +88,7 @@ def _axis_spans(length: int, padded: int, window: int, core: int, halo: int, mul
     """Evenly spaced windows covering one axis, each owning the pixels nearest its centre."""
     if padded <= window:
         return [Span(0, 0, length)]
+    # Interior cores must reach from one halo to the next: count * core >= padded - 2 * halo.
     count = max(2, -(-(padded - 2 * halo) // core))
     steps = (padded - window) // multiple  # window positions available, in stride units
     # Rounded even spacing: consecutive starts differ by <= core, so neighbouring cores touch.
@@ -95,13 +108,65 @@ def plan_tiles(height: int, width: int, *, core: int, receptive_radius: int, mul
     padded_h, padded_w = padded_length(height, multiple), padded_length(width, multiple)
     if padded_h * padded_w <= window * window:
         # No more pixels than one tile (so no more memory): run whole and skip the halo overhead.
-        window_shape = (padded_h, padded_w)
-        tiles: tuple[Tile, ...] = (Tile(Span(0, 0, height), Span(0, 0, width)),)
-    else:
-        window_shape = (min(window, padded_h), min(window, padded_w))
-        row_spans = _axis_spans(height, padded_h, window, core, halo, multiple)
-        col_spans = _axis_spans(width, padded_w, window, core, halo, multiple)
-        tiles = tuple(Tile(rows, cols) for rows in row_spans for cols in col_spans)
+        return _plan(height, width, (padded_h, padded_w), halo, multiple)
+    return _plan(height, width, (min(window, padded_h), min(window, padded_w)), halo, multiple)
+
+
+def _axis_windows(padded: int, halo: int, multiple: int) -> list[tuple[int, int]]:
+    """(windows, window length) for every useful way to cut one axis: 1 window of the whole axis,
+    then, for each count n >= 2, the shortest window on the stride grid that n windows with full
+    interior halos need (counts that do not shorten the window are skipped)."""
+    options = [(1, padded)]
+    for count in range(2, padded // multiple + 2):
+        core = -(-max(multiple, -(-(padded - 2 * halo) // count)) // multiple) * multiple
+        window = max(2 * halo + core, padded_length(1, multiple))  # the network needs >= MIN_SIDE
+        if window < options[-1][1]:
+            options.append((count, window))
+        if window == max(2 * halo + multiple, padded_length(1, multiple)):  # the shortest window there is
+            break
+    return options
+
+
+def plan_within_budget(
+    height: int, width: int, *, max_window_pixels: int, receptive_radius: int, multiple: int
+) -> TilePlan:
+    """The plan that computes the fewest pixels with no window above ``max_window_pixels``.
+
+    The whole image when it fits; otherwise every grid of rows x columns is considered, each with
+    the smallest window (not necessarily square) that covers it with full halos, and the one with
+    the least windows x window area wins (ties: fewer windows, so fewer ORT calls). If even the
+    smallest window allowed by the halo is over the budget, that smallest window is used.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"empty image {height}x{width}")
+    halo = halo_for(receptive_radius, multiple)
+    padded_h, padded_w = padded_length(height, multiple), padded_length(width, multiple)
+    if padded_h * padded_w <= max_window_pixels:
+        return _plan(height, width, (padded_h, padded_w), halo, multiple)
+    best: tuple[int, int, tuple[int, int]] | None = None
+    column_options = _axis_windows(padded_w, halo, multiple)
+    row_options = _axis_windows(padded_h, halo, multiple)
+    smallest = (row_options[-1][1], column_options[-1][1])
+    for rows, window_h in row_options:
+        # More columns only add halo overhead, so the fewest columns that fit is best for this row count.
+        fitting = next(((c, w) for c, w in column_options if window_h * w <= max_window_pixels), None)
+        if fitting is None:
+            continue
+        cols, window_w = fitting
+        candidate = (rows * cols * window_h * window_w, rows * cols, (window_h, window_w))
+        if best is None or candidate[:2] < best[:2]:
+            best = candidate
+    window_shape = best[2] if best is not None else smallest
+    return _plan(height, width, window_shape, halo, multiple)
+
+
+def _plan(height: int, width: int, window_shape: tuple[int, int], halo: int, multiple: int) -> TilePlan:
+    """The tiles of windows of ``window_shape`` (the padded image itself when it is that size)."""
+    padded_h, padded_w = padded_length(height, multiple), padded_length(width, multiple)
+    window_h, window_w = window_shape
+    row_spans = _axis_spans(height, padded_h, window_h, window_h - 2 * halo, halo, multiple)
+    col_spans = _axis_spans(width, padded_w, window_w, window_w - 2 * halo, halo, multiple)
+    tiles = tuple(Tile(rows, cols) for rows in row_spans for cols in col_spans)
     return TilePlan(
         height=height,
         width=width,

@@ -53,9 +53,11 @@ def _recorded_warm_up(engine: Engine) -> list[tuple[int, ...]]:
 def test_warm_up_covers_the_tile_batch_shapes(model_path: Path) -> None:
     settings = dict(model_path=model_path, providers=["CPUExecutionProvider"], tile_size=16, max_batch_pixels=10**9)
     engine = Engine(Settings(**settings))
-    assert _recorded_warm_up(engine) == [(1, 3, *engine.tile_shape), (4, 3, *engine.tile_shape)]
+    # Every batch shape once, then one warm call on which the throughput is measured.
+    assert _recorded_warm_up(engine) == [(1, 3, *engine.tile_shape), (4, 3, *engine.tile_shape), (1, 3, *engine.tile_shape)]
+    assert engine.seconds_per_pixel is not None and engine.seconds_per_pixel > 0
     padded = Engine(Settings(**settings, fixed_batch_shapes=True))
-    assert _recorded_warm_up(padded) == [(4, 3, *padded.tile_shape)]
+    assert set(_recorded_warm_up(padded)) == {(4, 3, *padded.tile_shape), (1, 3, *padded.tile_shape)}
     assert padded.describe()["warmup_seconds"] > 0
 
 
@@ -67,3 +69,20 @@ def test_bad_model_files_are_explained(model_path: Path, tmp_path: Path) -> None
     onnx.save(stripped, str(tmp_path / "stripped.onnx"))
     with pytest.raises(ModelFileError, match="receptive_radius"):
         Engine(Settings(model_path=tmp_path / "stripped.onnx", providers=["CPUExecutionProvider"]))
+
+
+def test_cost_aware_windows_come_from_the_measured_memory_per_pixel(model_path: Path) -> None:
+    engine = Engine(Settings(model_path=model_path, providers=["CPUExecutionProvider"], memory_budget_mb=64))
+    assert engine.cost_aware and engine.describe()["tiling"] == "cost-aware"
+    assert engine.working_bytes_per_pixel is not None and 50 < engine.working_bytes_per_pixel < 5000
+    assert engine.max_window_pixels == max(int(64 * 2**20 / engine.working_bytes_per_pixel), 360 * 360)
+    assert engine.seconds_per_pixel is not None and engine.seconds_per_pixel > 0
+    # No window of any plan is over the budget, and the CPU batch limit is that same budget.
+    plan = engine.plan(3000, 4000)
+    assert plan.window_shape[0] * plan.window_shape[1] <= engine.max_window_pixels == engine.max_batch_pixels
+    assert engine.plan(300, 400).is_whole_image
+    assert engine.predicted_seconds(plan.computed_pixels) == pytest.approx(plan.computed_pixels * engine.seconds_per_pixel)
+    assert set(engine.describe()["example_plans"]) == {"640x480", "1920x1080", "4000x3000", "6000x4000"}
+    larger = Engine(Settings(model_path=model_path, providers=["CPUExecutionProvider"], memory_budget_mb=1024))
+    assert larger.max_window_pixels > engine.max_window_pixels
+    assert larger.plan(3000, 4000).computed_pixels < plan.computed_pixels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from collections.abc import Iterator
@@ -277,30 +278,66 @@ def test_a_client_that_disconnects_leaves_no_work_behind(server: ServerProcess) 
 # --- queue limit, timeout, batching off --------------------------------------------------------
 
 
-# ~2,900 tiles of the tiny model: seconds of work even on a fast idle machine, far past the 1 s timeout.
+# ~2,900 tiles of the tiny model: far more compute than the strict server's 1 s limit.
 def _slow_upload() -> bytes:
     return encode_image(dark_image(3000, 4000, noise=0), "PNG")
 
 
-def test_timeout_answers_504_and_withdraws_the_work(strict_server: ServerProcess) -> None:
+def test_an_image_too_slow_for_the_deadline_is_refused_before_any_compute(strict_server: ServerProcess) -> None:
+    calls_before = strict_server.metric("frlie_batch_size_count")
     response = _post(strict_server, _slow_upload())
-    _assert_error(response, 504, "timeout")
-    strict_server.wait_for_metric("frlie_queue_depth", 0)
+    _assert_error(response, 413, "too_slow_for_deadline")
+    assert "request limit" in response.json()["detail"]
+    assert strict_server.metric("frlie_batch_size_count") == calls_before  # the model never ran
     strict_server.wait_for_metric("frlie_inflight_requests", 0)
+    assert _post(strict_server, encode_image(dark_image(40, 40), "PNG")).status_code == 200
 
 
-def test_full_queue_answers_503_and_recovers(strict_server: ServerProcess) -> None:
-    small = encode_image(dark_image(40, 40), "PNG")
-    slow = threading.Thread(target=_post, args=(strict_server, _slow_upload()))
-    slow.start()
-    try:
-        strict_server.wait_for_metric("frlie_inflight_requests", 1)
-        refused = _post(strict_server, small)
+@pytest.fixture(scope="module")
+def deadline_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A 6 s deadline and room for several requests, so admission is decided by predicted cost."""
+    running = ServerProcess(
+        model_path, tmp_path_factory.mktemp("logs") / "deadline.log",
+        tile_size=64, queue_size=8, request_timeout_s=6.0, batching="false",
+    ).start()
+    yield running
+    assert running.stop() in GRACEFUL_EXIT_CODES
+
+
+def test_work_that_would_miss_the_deadline_gets_503_with_the_predicted_wait(deadline_server: ServerProcess) -> None:
+    # Each image is predicted to need ~65 % of the deadline: one fits, two queued together do not.
+    tile_cost = 168 * 168 / (64 * 64)  # computed pixels per output pixel with 64 px cores
+    side = 400
+    for _ in range(2):  # size it from the throughput the server measures on this very kind of work
+        assert _post(deadline_server, encode_image(dark_image(side, side, noise=0), "PNG")).status_code == 200
+        seconds_per_pixel = deadline_server.client.get("/readyz").json()["seconds_per_megapixel"] / 1e6
+        side = int(math.sqrt(0.65 * 6.0 / seconds_per_pixel / tile_cost))
+    upload = encode_image(dark_image(side, side, noise=0), "PNG")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_post, deadline_server, upload)
+        deadline_server.wait_for_metric("frlie_queue_depth", lambda depth: depth > 0)  # admitted, computing
+        refused = _post(deadline_server, upload)
         _assert_error(refused, 503, "overloaded")
-        assert refused.headers["retry-after"] == "2"
-    finally:
-        slow.join(timeout=30)
-    assert _post(strict_server, small).status_code == 200
+        retry_after = int(refused.headers["retry-after"])
+        assert 1 <= retry_after <= 6
+        assert first.result().status_code == 200
+    assert _post(deadline_server, upload).status_code == 200  # the queue drained: admitted again
+
+
+def test_a_flood_gets_only_answers_200_or_503_and_nothing_is_dropped(deadline_server: ServerProcess) -> None:
+    small = encode_image(dark_image(60, 80), "PNG")
+    succeeded_before = deadline_server.metric("frlie_request_duration_seconds_count", route="/enhance", status="200")
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda _: _post(deadline_server, small), range(24)))
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 8, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert int(response.headers["retry-after"]) >= 1
+        else:
+            assert decode_image(response.content).size == (80, 60)
+    succeeded = deadline_server.metric("frlie_request_duration_seconds_count", route="/enhance", status="200") - succeeded_before
+    assert succeeded == statuses.count(200)  # every admitted request was answered in full
 
 
 def test_batching_off_runs_one_item_per_call(strict_server: ServerProcess) -> None:

@@ -14,7 +14,10 @@ from service.engine import Engine
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
-from service.tiling import halo_for, padded_length, plan_tiles
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.tiling import TilePlan, halo_for, padded_length, plan_tiles, plan_within_budget
 
 RADIUS = 51
 
@@ -29,8 +32,37 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [(1, 1, 4), (19, 23, 8), (203, 317, 32), (150, 401, 64), (97, 2000, 16), (1000, 37, 8), (361, 361, 256)],
 )
 def test_plan_covers_every_pixel_once_with_full_halos(height: int, width: int, core: int) -> None:
-    plan = plan_tiles(height, width, core=core, receptive_radius=RADIUS, multiple=4)
-    halo = halo_for(RADIUS, 4)
+    _assert_exact_cover(plan_tiles(height, width, core=core, receptive_radius=RADIUS, multiple=4), height, width)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    height=st.integers(1, 2500), width=st.integers(1, 2500),
+    budget=st.integers(1, 4_000_000), radius=st.sampled_from([3, 51, 147]),
+)
+def test_budget_plans_cover_every_pixel_once_with_full_halos(height: int, width: int, budget: int, radius: int) -> None:
+    plan = plan_within_budget(height, width, max_window_pixels=budget, receptive_radius=radius, multiple=4)
+    _assert_exact_cover(plan, height, width, radius)
+    window_area = plan.window_shape[0] * plan.window_shape[1]
+    smallest = max(2 * halo_for(radius, 4) + 4, 20) ** 2
+    assert window_area <= max(budget, smallest)  # within budget unless the halo alone exceeds it
+    if padded_length(height, 4) * padded_length(width, 4) <= budget:
+        assert plan.is_whole_image
+
+
+def test_budget_plans_pick_the_cheapest_grid() -> None:
+    """Fewer computed pixels than fixed square tiles, and never a 640 x 480 photo cut in two."""
+    vga = plan_within_budget(480, 640, max_window_pixels=1_800_000, receptive_radius=147, multiple=4)
+    assert vga.is_whole_image and vga.computed_pixels == 480 * 640
+    for height, width, most in ((1080, 1920, 1.2), (3000, 4000, 1.45), (4000, 6000, 1.5)):
+        plan = plan_within_budget(height, width, max_window_pixels=1_800_000, receptive_radius=147, multiple=4)
+        fixed = plan_tiles(height, width, core=256, receptive_radius=147, multiple=4)
+        assert plan.computed_pixels <= most * height * width < fixed.computed_pixels
+        assert plan.window_shape[0] * plan.window_shape[1] <= 1_800_000
+
+
+def _assert_exact_cover(plan: TilePlan, height: int, width: int, radius: int = RADIUS) -> None:
+    halo = halo_for(radius, 4)
     padded_h, padded_w = padded_length(height, 4), padded_length(width, 4)
     window_h, window_w = plan.window_shape
     assert window_h % 4 == 0 and window_w % 4 == 0 and min(plan.window_shape) >= 20
@@ -77,6 +109,19 @@ def test_tiled_output_equals_whole_image_output(model_path: Path) -> None:
         assert np.abs(tiled - whole).max() <= 1e-4
         tiled_8bit = asyncio.run(_enhance(tiled_engine, image, np.uint8))
         np.testing.assert_array_equal(tiled_8bit, reference_enhance(model_path, image))
+
+
+@pytest.mark.timeout(120)
+def test_cost_aware_plans_equal_the_whole_image_output(model_path: Path) -> None:
+    """Budgets that force non-square windows and uneven grids still give the whole-image result."""
+    for budget_mb, (height, width, seed) in ((1, (203, 517, 4)), (2, (431, 290, 5)), (3, (350, 613, 6))):
+        engine = Engine(Settings(model_path=model_path, providers=["CPUExecutionProvider"], intra_op_threads=2,
+                                 memory_budget_mb=64))
+        engine.max_window_pixels = budget_mb * 60_000  # what a budget this small would allow
+        plan = engine.plan(height, width)
+        assert len(plan.tiles) > 1 and plan.window_shape[0] != plan.window_shape[1], plan.describe()
+        image = dark_image(height, width, seed)
+        np.testing.assert_array_equal(asyncio.run(_enhance(engine, image, np.uint8)), reference_enhance(model_path, image))
 
 
 @pytest.mark.timeout(120)
