@@ -178,3 +178,32 @@ def test_evaluate_model_without_cli_baselines_or_niqe(checkpoint: Path, lol_pair
     assert result["baselines"] == {}
     assert result["images"][0]["niqe"] is None and result["mean"]["niqe"] is None
     assert math.isfinite(result["mean"]["psnr"])
+
+
+def test_exposure_rows_on_real_pairs(checkpoint: Path, lol_pairs: Path, tmp_path: Path) -> None:
+    """`evaluate --exposures`: named rows for brightened lows and for the high image against itself."""
+    from training.data import EXPOSURE_VARIANTS
+    from training.evaluate import evaluate_exposures, with_strength
+
+    pairs = list_pairs(lol_pairs / "val")[:2]
+    low, high = load_rgb(pairs[0].low), load_rgb(pairs[0].high)
+    doubled = EXPOSURE_VARIANTS["low x2"](low, high)
+    np.testing.assert_array_equal(doubled, np.clip(low.astype(int) * 2, 0, 255))
+    np.testing.assert_array_equal(EXPOSURE_VARIANTS["high"](low, high), high)
+
+    enhancer = load_enhancer(checkpoint)
+    rows = evaluate_exposures(enhancer, pairs, progress=False)
+    assert list(rows) == ["low", "low x2", "low x4", "high"]
+    plain = evaluate_model(enhancer, pairs, baselines=None, with_niqe=False, progress=False)["mean"]
+    assert rows["low"]["psnr"] == pytest.approx(plain["psnr"])
+    assert len({round(row["psnr"], 6) for row in rows.values()}) == 4  # four different inputs
+    # Strength 0 hands back the input: the high row is then exact, the low row is the input's score.
+    untouched = evaluate_exposures(with_strength(enhancer, 0.0), pairs, progress=False)
+    assert math.isinf(untouched["high"]["psnr"]) and untouched["high"]["ssim"] == pytest.approx(1.0)
+    assert untouched["low"]["psnr"] == pytest.approx(np.mean([psnr(load_rgb(p.low), load_rgb(p.high)) for p in pairs]))
+
+    out = tmp_path / "result.json"
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(lol_pairs), "--limit", "2", "--no-baselines",
+                 "--no-niqe", "--exposures", "--strength", "auto", "--json", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert set(document["exposures"]) == set(EXPOSURE_VARIANTS) and "strength auto" in document["model"]

@@ -20,6 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from service.cli import parse_strength
+from service.settings import Settings
+from service.strength import Strength, blend_into, resolve_strength
 from training.baselines import BASELINES
 from training.data import EXPOSURE_VARIANTS, ExposureVariant, ImagePair, PairedDataError, list_pairs, load_rgb
 from training.inference import load_enhancer
@@ -146,6 +149,21 @@ def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int)
     """The exposure rows as one table: input variant, then the metrics against the high image."""
     header = [f"input (mean of {count}, vs high)", *(METRIC_HEADERS[key] for key in METRIC_KEYS)]
     return _table(header, [[name, *_metric_cells(scores)] for name, scores in rows.items()])
+
+
+def with_strength(enhancer: Enhance, strength: Strength) -> Enhance:
+    """``enhancer`` followed by the service's strength blend (service.strength), for evaluating what
+    the service answers at a given strength; ``auto`` uses the service's default curve."""
+    curve = Settings().auto_strength
+
+    def run(image: np.ndarray) -> np.ndarray:
+        applied = resolve_strength(strength, image, curve)
+        enhanced = enhancer(image) if applied > 0 else image.copy()
+        blend_into(enhanced, image, applied)
+        return enhanced
+
+    run.description = f"{getattr(enhancer, 'description', enhancer)}, strength {strength}"  # type: ignore[attr-defined]
+    return run
 
 
 # --------------------------------------------------------------------------- pictures
@@ -292,6 +310,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-baselines", action="store_true", help="skip input / gamma / hist_eq / clahe")
     parser.add_argument("--no-niqe", action="store_true", help="skip NIQE (faster)")
     parser.add_argument(
+        "--strength", default=None, metavar="auto|0-1",
+        help="blend the model output with the input as the service does (its FRLIE_AUTO_STRENGTH_* defaults "
+        "for 'auto'); default: the raw model output",
+    )
+    parser.add_argument(
         "--exposures", action="store_true",
         help=f"also score exposure variants of the inputs ({', '.join(EXPOSURE_VARIANTS)}; 'high' against itself)",
     )
@@ -312,6 +335,8 @@ def run(args: argparse.Namespace) -> int:
         all_pairs = list_pairs(pairs_dir)
         figure_pair = find_pair(all_pairs, args.figure) if args.figure else None
         enhancer = load_enhancer(args.model, device=args.device)
+        if args.strength is not None:
+            enhancer = with_strength(enhancer, parse_strength(args.strength))
         result = evaluate_model(
             enhancer,
             all_pairs[: args.limit],
@@ -321,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.exposures:
             result["exposures"] = evaluate_exposures(enhancer, all_pairs[: args.limit], with_niqe=not args.no_niqe)
-    except ValueError as exc:  # includes PairedDataError: bad paths, unpaired or unreadable files
+    except (ValueError, argparse.ArgumentTypeError) as exc:  # includes PairedDataError and a bad --strength
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result["data"] = str(pairs_dir)
