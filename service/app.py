@@ -41,6 +41,7 @@ from service.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
 from service.pipeline import Pipeline
 from service.settings import Settings
 from service.strength import AUTO
+from service.web_ui import add_web_ui
 
 StrengthParameter = Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]
 STRENGTH_HELP = (
@@ -171,6 +172,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    if settings.web_ui:
+        add_web_ui(app)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, error: ServiceError) -> JSONResponse:

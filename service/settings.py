@@ -137,6 +137,8 @@ class Settings(BaseSettings):
         30, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    web_ui: bool = Field(True, description="Serve the web page at / (drop a photo, compare, download); "
+                         "false for API-only deployments.")
 
     @field_validator("providers", mode="before")
     @classmethod

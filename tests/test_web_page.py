@@ -1,0 +1,161 @@
+"""The web page at / in a real browser: Debian's chromium driven by Playwright, a real server on loopback."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from deploy_helpers import require_tool
+from PIL import Image
+from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, animated_gif, dark_image, encode_image, export_tiny_model
+
+from bench import REPO_ROOT
+from service.settings import BUNDLED_MODEL_PATH
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (pip install -e .[dev])")
+
+pytestmark = pytest.mark.timeout(180)
+MAX_UPLOAD_BYTES = 400 * 1024
+SCREENSHOT = REPO_ROOT / "docs" / "web-page.png"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The bundled model, as `make serve` runs it: the screenshot shows a real enhancement."""
+    running = ServerProcess(BUNDLED_MODEL_PATH, tmp_path_factory.mktemp("logs") / "web.log", max_upload_bytes=MAX_UPLOAD_BYTES).start()
+    yield running
+    assert running.stop() in GRACEFUL_EXIT_CODES
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    chromium = require_tool("chromium", "run .ci/install-test-tools.sh (Debian package `chromium`)")
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def page(browser: object, server: ServerProcess) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1000, "height": 900}, accept_downloads=True)
+    opened = context.new_page()
+    console_errors: list[str] = []
+    opened.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    opened.goto(f"http://127.0.0.1:{server.port}/")
+    playwright_api.expect(opened.locator("#status")).to_contain_text("Ready", timeout=30_000)
+    yield opened
+    context.close()
+    assert not [e for e in console_errors if "Content Security Policy" in e], console_errors
+
+
+def _photo(tmp_path: Path, data: Path | None) -> Path:
+    """A real low-light photo from lol-pairs when FRLIE_DATA is set, else a synthetic dim image."""
+    if data is not None:
+        source = sorted((data / "val" / "low").glob("*.png"))[0]
+        image = np.asarray(Image.open(source).convert("RGB"))[:200, :300]
+    else:
+        image = dark_image(200, 300, seed=3)
+    path = tmp_path / "evening walk.png"
+    path.write_bytes(encode_image(image, "PNG"))
+    return path
+
+
+@pytest.fixture()
+def lol_data() -> Path | None:
+    import os
+
+    value = os.environ.get("FRLIE_DATA")
+    return Path(value) if value and (Path(value) / "val" / "low").is_dir() else None
+
+
+def test_page_and_static_files_carry_security_headers(server: ServerProcess) -> None:
+    page = server.client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "img-src 'self' blob: data:" in policy and "default-src 'none'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    script = server.client.get("/static/app.js")
+    assert script.status_code == 200 and script.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in page.text.replace('<script src="static/app.js" defer></script>', "")  # no inline code
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from other origins
+    assert "content-security-policy" not in server.client.get("/docs").headers  # Swagger UI keeps its CDN
+
+
+def test_web_ui_can_be_turned_off(tmp_path_factory: pytest.TempPathFactory) -> None:
+    model = export_tiny_model(tmp_path_factory.getbasetemp())
+    with ServerProcess(model, tmp_path_factory.mktemp("logs") / "off.log", web_ui="false") as running:
+        assert running.client.get("/").status_code == 404
+        assert running.client.get("/static/app.js").status_code == 404
+        assert running.client.get("/healthz").status_code == 200
+
+
+def test_upload_compare_and_download(page: object, server: ServerProcess, tmp_path: Path, lol_data: Path | None) -> None:
+    photo = _photo(tmp_path, lol_data)
+    playwright_api.expect(page.locator("#limits")).to_contain_text("400 KB")
+    page.set_input_files("#file-input", str(photo))
+    playwright_api.expect(page.locator("#file-name")).to_contain_text(photo.name)
+    page.click("#enhance")
+    playwright_api.expect(page.locator("#result-section")).to_be_visible(timeout=60_000)
+    playwright_api.expect(page.locator("#status")).to_contain_text("Done: 300 × 200", timeout=30_000)
+    shown = page.evaluate("[document.getElementById('after').naturalWidth, document.getElementById('after').naturalHeight]")
+    assert shown == [300, 200]
+    before = page.evaluate("[document.getElementById('before').naturalWidth, document.getElementById('before').naturalHeight]")
+    assert before == [300, 200]
+    details = page.locator("#details").inner_text()
+    version = server.readyz()["model_version"]
+    assert version in details and "CPU" in details and "Strength applied" in details
+
+    with page.expect_download() as download_info:
+        page.click("#download")
+    download = download_info.value
+    assert download.suggested_filename == "evening walk-enhanced.png"
+    result = Image.open(io.BytesIO(Path(download.path()).read_bytes()))
+    assert result.size == (300, 200)
+    original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
+    assert np.abs(np.asarray(result.convert("RGB"), dtype=np.int16) - original).mean() > 1  # it changed
+
+    page.fill("#reveal", "30")
+    page.dispatch_event("#reveal", "input")
+    assert page.evaluate("document.getElementById('before-clip').style.width") == "30%"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_manual_strength_zero_returns_the_photo(page: object, tmp_path: Path) -> None:
+    photo = tmp_path / "dim.png"
+    photo.write_bytes(encode_image(dark_image(60, 80, seed=9), "PNG"))
+    page.set_input_files("#file-input", str(photo))
+    page.uncheck("#strength-auto")
+    page.fill("#strength", "0")
+    page.dispatch_event("#strength", "input")
+    playwright_api.expect(page.locator("#strength-value")).to_have_text("0.00")
+    page.click("#enhance")
+    playwright_api.expect(page.locator("#details")).to_contain_text("0.000", timeout=30_000)
+
+
+def test_unsupported_file_shows_a_readable_error(page: object, tmp_path: Path) -> None:
+    gif = tmp_path / "<img src=x onerror=alert(1)>.gif"
+    gif.write_bytes(animated_gif())
+    page.set_input_files("#file-input", str(gif))
+    playwright_api.expect(page.locator("#file-name")).to_contain_text("<img src=x onerror=alert(1)>.gif")
+    assert page.locator("#file-name img").count() == 0  # shown as text, never parsed as markup
+    page.click("#enhance")
+    error = page.locator("#error")
+    playwright_api.expect(error).to_be_visible(timeout=30_000)
+    playwright_api.expect(error).to_contain_text("not supported")
+    assert "{" not in error.inner_text()  # a sentence, not a JSON dump
+
+
+def test_too_large_upload_shows_the_413_message(page: object, tmp_path: Path) -> None:
+    noisy = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)  # PNG ~480 KB
+    big = tmp_path / "big.png"
+    big.write_bytes(encode_image(noisy, "PNG"))
+    assert big.stat().st_size > MAX_UPLOAD_BYTES
+    page.set_input_files("#file-input", str(big))
+    playwright_api.expect(page.locator("#error")).to_contain_text("accepts up to")  # warned before sending
+    page.click("#enhance")
+    playwright_api.expect(page.locator("#error")).to_contain_text("too large", timeout=30_000)
