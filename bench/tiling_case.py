@@ -38,15 +38,28 @@ async def _enhance_times(engine: Engine, settings: Settings, image: np.ndarray, 
 
 
 def enhance(
-    model_path: str, device: str, width: int, height: int, mode: str, tile_size: int | None, repeats: int
+    model_path: str,
+    device: str,
+    width: int,
+    height: int,
+    mode: str,
+    tile_size: int | None,
+    repeats: int,
+    memory_budget_mb: int | None = None,
 ) -> dict[str, Any]:
-    """Time ``repeats`` enhancements of a width x height image, tiled (``tile_size``, None = the
-    service default; an image no bigger than one tile runs whole, as in the service) or whole.
-    Both are warmed up first, as a running service would be: tiles by Engine.warm_up, the
-    whole-image shape by one untimed run (reported as ``first_run_s``)."""
+    """Time ``repeats`` enhancements of a width x height image, tiled or whole.
+
+    Tiled: fixed tiles of ``tile_size``, or with None the service default (cost-aware windows
+    within the memory budget on the CPU, fixed 256 px tiles on a GPU); an image that fits one
+    window runs whole, as in the service. Whole: one ORT call on the whole (padded) image.
+    Every shape is warmed up first, as in a running service that has seen it before: fixed
+    tiles by Engine.warm_up, whole images and cost-aware windows (whose shapes follow the
+    upload) by one untimed run, reported as ``first_run_s``."""
     return_freed_buffers_to_the_os()  # as `python -m service serve` does, or RSS would measure glibc's caching
     whole = mode == "whole"
     overrides: dict[str, object] = {"tile_size": tile_size} if tile_size else {}
+    if memory_budget_mb is not None:
+        overrides["memory_budget_mb"] = memory_budget_mb
     if whole:  # one window holding the whole image, never padded to a batch of copies (GPU default)
         overrides = {"tile_size": max(width, height), "fixed_batch_shapes": False}
     settings = settings_from(service_env(Path(model_path), device, **overrides))
@@ -59,23 +72,30 @@ def enhance(
     base_rss = current_rss_bytes()
     peak_reset = reset_peak_rss()
     first_run_s = None
-    if whole:
+    if whole or engine.cost_aware:
         first_run_s = asyncio.run(_enhance_times(engine, settings, image, 1))[0]
     else:
         engine.warm_up()
     seconds = asyncio.run(_enhance_times(engine, settings, image, repeats))
     window_h, window_w = plan.window_shape
+    median_s = float(np.median(seconds))
     return {
         "mode": mode,
         "provider": engine.provider,
-        "tile_core": None if whole else engine.tile_core,
+        "tiling": "whole" if whole else ("cost-aware" if engine.cost_aware else "fixed"),
+        "tile_core": None if whole or engine.cost_aware else engine.tile_core,
+        "max_window_pixels": None if whole else engine.max_window_pixels,
+        "working_bytes_per_pixel": engine.working_bytes_per_pixel,
+        "plan": plan.describe(),
         "window": [window_h, window_w],
         "tiles": len(plan.tiles),
         "batch_limit": engine.batch_limit(window_h, window_w),
-        "computed_pixel_ratio": len(plan.tiles) * window_h * window_w / (width * height),
+        "computed_pixels": plan.computed_pixels,
+        "computed_pixel_ratio": plan.computed_pixels / (width * height),
         "first_run_s": first_run_s,
         "seconds": seconds,
-        "median_s": float(np.median(seconds)),
+        "median_s": median_s,
+        "seconds_per_output_megapixel": median_s / (width * height / 1e6),
         "base_rss_bytes": base_rss,
         "peak_counts_from_base": peak_reset,
     }

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException
 
 from service.admission import Admission
@@ -43,6 +44,7 @@ from service.settings import Settings
 from service.strength import AUTO
 from service.web_ui import add_web_ui
 
+Quality = Annotated[int, Field(ge=1, le=100)]
 StrengthParameter = Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]
 STRENGTH_HELP = (
     "How much of the model's effect to apply: 'auto' (default: full strength for dark photos, less for "
@@ -203,22 +205,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def enhance(
         request: Request,
-        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or TIFF image (multipart field `image`).")],
+        image: Annotated[
+            UploadFile,
+            File(description="JPEG, PNG, WebP, BMP or TIFF image (multipart field `image`).",
+                 json_schema_extra={"minLength": 1}),
+        ],
         format_field: Annotated[
-            OutputFormat | None, Form(alias="format", description="Output encoding; default PNG, or JPEG for JPEG input.")
+            OutputFormat | SkipJsonSchema[None], Form(alias="format", description="Output encoding; default PNG, or JPEG for JPEG input.")
         ] = None,
         quality_field: Annotated[
-            int | None, Form(alias="quality", ge=1, le=100, description="JPEG/WebP quality (1-100).")
+            Quality | SkipJsonSchema[None], Form(alias="quality", description="JPEG/WebP quality (1-100).")
         ] = None,
         format_query: Annotated[
-            OutputFormat | None, Query(alias="format", description="Same as the form field (the form field wins).")
+            OutputFormat | SkipJsonSchema[None], Query(alias="format", description="Same as the form field (the form field wins).")
         ] = None,
         quality_query: Annotated[
-            int | None, Query(alias="quality", ge=1, le=100, description="Same as the form field (the form field wins).")
+            Quality | SkipJsonSchema[None], Query(alias="quality", description="Same as the form field (the form field wins).")
         ] = None,
-        strength_field: Annotated[StrengthParameter | None, Form(alias="strength", description=STRENGTH_HELP)] = None,
+        strength_field: Annotated[StrengthParameter | SkipJsonSchema[None], Form(alias="strength", description=STRENGTH_HELP)] = None,
         strength_query: Annotated[
-            StrengthParameter | None, Query(alias="strength", description="Same as the form field (the form field wins).")
+            StrengthParameter | SkipJsonSchema[None], Query(alias="strength", description="Same as the form field (the form field wins).")
         ] = None,
     ) -> Response:
         pipeline = state.ready_pipeline()

@@ -63,6 +63,15 @@ def training_record(run_dir: Path, shipped: dict[str, Any], model_config: dict[s
         stage1_used = read_checkpoint(stage1_file)
         record["stage1"] = _run_record(stage1_file.parent, stage1_used)
         record["stage1"]["checkpoint"] = stage1_file.name
+    init_path = run["args"].get("init")
+    if init_path:  # a warm start: keep the history of the weights it started from
+        init_file = Path(init_path)
+        history = init_file.parent / CONFIG_NAME
+        record["warm_start"] = {
+            "checkpoint": str(init_file),
+            "model_version": read_checkpoint(init_file).get("model_version") if init_file.exists() else None,
+            "training": json.loads(history.read_text()) if history.exists() else None,
+        }
     record[stage] = run
     return record
 
