@@ -17,12 +17,13 @@ STAGE2_MINUTES ?= 125
 ABLATION_MINUTES ?= 100
 TRAIN_FLAGS ?= --crop 128 --batch-size 16 --precision bf16 --threads 2 --resume
 
-.PHONY: help serve test train ablation export ship evaluate bench clean
+.PHONY: help serve test train train-exposure ablation export ship evaluate bench clean
 
 help:
 	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
 	@echo "make test      install everything and run the whole test suite"
 	@echo "make train     stage 1 then stage 2 on DATA=$(DATA), runs in RUNS=$(RUNS) (resumable)"
+	@echo "make train-exposure  the 2.0 recipe: exposure-robust stage 2 warm-started from the shipped weights"
 	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
 	@echo "make export    export CHECKPOINT=$(CHECKPOINT) to MODEL=$(MODEL)"
 	@echo "make ship      export RUN=$(RUN) into model/weights with its training record (0.2 dB rule)"
@@ -51,6 +52,15 @@ train: $(VENV)/.dev-installed
 		--decay-at 0.7 --val-every 250 --max-minutes $(STAGE1_MINUTES) $(TRAIN_FLAGS)
 	$(PY) -m training stage2 --data $(DATA) --out $(RUNS)/stage2 --stage1 $(RUNS)/stage1/best.pt \
 		--steps 8000 --lr-schedule cosine --val-every 250 --max-minutes $(STAGE2_MINUTES) $(TRAIN_FLAGS)
+
+# Model 2.0 (model/MODEL_CARD.md): stage 2 from the shipped weights with exposure augmentation.
+EXPOSURE_MINUTES ?= 100
+train-exposure: $(VENV)/.dev-installed
+	$(PY) -m training stage2 --data $(DATA) --out $(RUNS)/stage2-exposure --init model/weights/frlie.pt \
+		--steps 1400 --max-minutes $(EXPOSURE_MINUTES) --crop 192 --batch-size 6 --lr 1.5e-4 --lr-final 1.5e-5 \
+		--lr-schedule cosine --adam-betas 0.9 0.999 --ema 0.998 --rotate --exposure-identity 0.2 \
+		--exposure-gain 0.4 --exposure-max-gain 8 --exposure-gamma 0.2 --val-exposures --val-every 350 \
+		--precision fp32 --threads 2 --resume
 
 ablation: $(VENV)/.dev-installed
 	$(PY) -m training e2e --data $(DATA) --out $(RUNS)/e2e --steps 2400 --lr-schedule cosine \

@@ -119,15 +119,15 @@ class Settings(BaseSettings):
 
     # --- strength ----------------------------------------------------------------------------
     auto_strength_dark: float = Field(
-        0.25, ge=0, le=1, description="strength=auto: photos whose mean luma (0-1) is at most this get the "
+        0.3, ge=0, le=1, description="strength=auto: photos whose mean luma (0-1) is at most this get the "
         "model's full effect.",
     )
     auto_strength_bright: float = Field(
-        0.55, ge=0, le=1, description="strength=auto: photos at least this bright (mean luma) get "
+        0.5, ge=0, le=1, description="strength=auto: photos at least this bright (mean luma) get "
         "FRLIE_AUTO_STRENGTH_FLOOR; strength falls linearly in between.",
     )
     auto_strength_floor: float = Field(
-        0.3, ge=0, le=1, description="strength=auto: the strength given to bright photos (0: returned unchanged).",
+        0.2, ge=0, le=1, description="strength=auto: the strength given to bright photos (0: returned unchanged).",
     )
 
     # --- server ----------------------------------------------------------------------------

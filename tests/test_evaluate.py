@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from model import FRLIE, FRLIEConfig, save_weights
 from training.__main__ import main
@@ -106,7 +107,8 @@ def checkpoint_run(checkpoint: Path, lol_pairs: Path, tmp_path_factory: pytest.T
     """One CLI run on the data root (split resolved to val/), with every output switched on."""
     out = tmp_path_factory.mktemp("evaluate")
     first_name = list_pairs(lol_pairs / "val")[0].name
-    figure = ("--figure", Path(first_name).stem, "--figure-out", str(out / "figure.jpg"))
+    figure = ("--figure", Path(first_name).stem, "--figure-out", str(out / "figure.jpg"),
+              "--exposure-figure-out", str(out / "exposures.jpg"))
     return _run_evaluate(checkpoint, lol_pairs, out, "--save-dir", str(out / "saved"), *figure), out
 
 
@@ -140,9 +142,12 @@ def test_cli_writes_images_sheet_and_small_figure(checkpoint_run: tuple[dict, Pa
         assert written.shape == (400, 600, 3)
     sheet = load_rgb(saved / COMPARISON_SHEET)
     assert sheet.shape[1] < 1000 and sheet.shape[0] < 400 * N_IMAGES  # downscaled, one row per image
-    figure = out / "figure.jpg"
-    assert figure.read_bytes()[:2] == b"\xff\xd8"  # JPEG
-    assert 0 < figure.stat().st_size < FIGURE_MAX_BYTES
+    for name in ("figure.jpg", "exposures.jpg"):
+        figure = out / name
+        assert figure.read_bytes()[:2] == b"\xff\xd8"  # JPEG
+        assert 0 < figure.stat().st_size < FIGURE_MAX_BYTES
+    rows = Image.open(out / "exposures.jpg")
+    assert rows.height > rows.width / 2  # two rows of input | output
 
 
 def test_cli_with_onnx_model_matches_checkpoint(

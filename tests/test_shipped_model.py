@@ -1,7 +1,10 @@
 """The bundled model in model/weights: consistent files, and the quality bar of the project on real data.
 
-The bar (val PSNR >= 21.5 dB, SSIM >= 0.80) is the release requirement of the default model; the
-numbers are measured here on the shipped ONNX file, never read back from where they were written.
+The bar is the release floor of the default model on low -> high val pairs (raw model output, no
+strength blend). Model 2.0 trades benchmark PSNR for exposure robustness (see model/MODEL_CARD.md):
+1.x met 21.5 dB / 0.80 on this row but answered moderately dark and well-exposed photos with
+8-14 dB; 2.0's floor here is 20.5 dB / 0.76. The numbers are measured on the shipped ONNX file,
+never read back from where they were written.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from training.inference import load_enhancer
 from training.ship import CONFIG_NAME, ONNX_NAME, SHIPPED_DIR, WEIGHTS_NAME
 
 ONNX_FILE, TORCH_FILE, CONFIG_FILE = (SHIPPED_DIR / name for name in (ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME))
-MIN_PSNR_DB, MIN_SSIM = 21.5, 0.80
+MIN_PSNR_DB, MIN_SSIM = 20.5, 0.76
 MAX_ONNX_BYTES = 20_000_000
 
 

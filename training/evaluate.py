@@ -228,6 +228,24 @@ def write_before_after(
     return out_path
 
 
+def write_exposure_figure(
+    enhancer: Enhance, pair: ImagePair, out_path: str | Path, variants: Sequence[str] = ("low x4", "high"),
+    max_bytes: int = FIGURE_MAX_BYTES,
+) -> Path:
+    """One JPEG with a row per exposure variant of ``pair`` (input | output): how the model treats a
+    moderately dark photo and one that is already well exposed."""
+    low, high = load_rgb(pair.low), load_rgb(pair.high)
+    rows = []
+    for name in variants:
+        shown = EXPOSURE_VARIANTS[name](low, high)
+        label = "well-exposed input" if name == "high" else f"moderately dark input ({name})"
+        rows.append([(shown, f"{label}  {pair.name}"), (enhancer(shown), "FRLIE")])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(_jpeg_under(_compose(rows), max_bytes))
+    return out_path
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -320,6 +338,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--figure", metavar="NAME", help="image (e.g. 101 or 101.png) for a before/after JPEG")
     parser.add_argument("--figure-out", type=Path, metavar="FILE.jpg", help="where --figure writes (< 300 KB)")
+    parser.add_argument("--exposure-figure-out", type=Path, metavar="FILE.jpg",
+                        help="with --figure: also a JPEG of that image brightened x4 and its high image, in and out")
     parser.set_defaults(func=run)
 
 
@@ -362,4 +382,7 @@ def run(args: argparse.Namespace) -> int:
     if figure_pair is not None:
         path = write_before_after(enhancer, figure_pair, args.figure_out)
         print(f"wrote {path} ({path.stat().st_size / 1000:.0f} KB)")
+        if args.exposure_figure_out is not None:
+            path = write_exposure_figure(enhancer, figure_pair, args.exposure_figure_out)
+            print(f"wrote {path} ({path.stat().st_size / 1000:.0f} KB)")
     return 0
