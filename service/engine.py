@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.memory import measure_peak_growth
+from service.memory import measure_peak_growth, return_freed_buffers_to_the_os
 from service.settings import DEFAULT_GPU_TILE_SIZE, Settings
 from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
 
@@ -109,12 +109,16 @@ class Engine:
         windows stay at the fixed tile shape.
         """
         height, width = MEMORY_PROBE_SHAPE
+        # Large buffers from fresh mappings (as `serve` sets up anyway): otherwise ORT may reuse heap
+        # that earlier work freed but kept resident, and the peak would not grow at all.
+        return_freed_buffers_to_the_os()
         probe = np.zeros((1, 3, height, width), dtype=np.float32)
         self.run(probe[:, :, :64, :64])  # first-call set-up is not part of the per-pixel cost
         started = time.perf_counter()
         growth = measure_peak_growth(lambda: self.run(probe))
         self.seconds_per_pixel = (time.perf_counter() - started) / (height * width)
-        if growth is None:
+        # Less than the probe's own input and output buffers means the measurement saw nothing.
+        if growth is None or growth < 2 * probe.nbytes:
             log.warning("peak memory cannot be measured here: tiles stay at %s", self.tile_shape)
             self.cost_aware = False
             return
