@@ -1,5 +1,5 @@
 """docker-compose.yml against the Compose specification schema, the Prometheus config and alert rules
-under promtool, the Grafana provisioning and dashboard, and the README's list of settings."""
+under promtool, the Grafana provisioning and dashboard, and the settings table of docs/service.md."""
 
 from __future__ import annotations
 
@@ -241,11 +241,11 @@ def test_dashboard_covers_what_operators_watch() -> None:
         assert metric in expressions, metric
 
 
-# --- README -------------------------------------------------------------------------------------
+# --- README and docs/ ----------------------------------------------------------------------------
 
 
-def _readme_default(name: str) -> str:
-    """How the README's Deploy table writes a setting's default."""
+def _documented_default(name: str) -> str:
+    """How the settings table of docs/service.md writes a setting's default."""
     value = setting_default(name)
     if name == "model_path":
         return "bundled model"
@@ -258,14 +258,21 @@ def _readme_default(name: str) -> str:
     return str(value)
 
 
-def test_readme_deploy_section_lists_every_setting_with_its_default() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert "\n## Deploy" in readme, "README.md needs a Deploy section"
-    deploy = readme.split("\n## Deploy", 1)[1]
-    rows = dict(re.findall(r"^\| `(FRLIE_\w+)` \| `?([^|`]*?)`? \|", deploy, flags=re.MULTILINE))
+def test_settings_table_in_docs_lists_every_setting_with_its_default() -> None:
+    service_doc = (REPO_ROOT / "docs" / "service.md").read_text()
+    assert "\n## Settings" in service_doc, "docs/service.md needs a Settings section"
+    settings = service_doc.split("\n## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(FRLIE_\w+)` \| `?([^|`]*?)`? \|", settings, flags=re.MULTILINE))
     for variable, name in setting_env_names().items():
-        assert variable in rows, f"{variable} is missing from README's Deploy table"
-        assert rows[variable] == _readme_default(name), f"{variable}: README says {rows[variable]!r}"
+        assert variable in rows, f"{variable} is missing from the Settings table of docs/service.md"
+        assert rows[variable] == _documented_default(name), f"{variable}: docs/service.md says {rows[variable]!r}"
+    deploy = (REPO_ROOT / "docs" / "deploy.md").read_text()
     for topic in ("NVIDIA Container Toolkit", "580", "docker compose --profile gpu", "docker compose --profile cpu",
                   "http://localhost:3000", "http://localhost:9090", "docker/k8s"):
         assert topic in deploy, topic
+
+
+def test_readme_links_the_docs_pages() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    for page in ("docs/service.md", "docs/deploy.md", "docs/training.md", "docs/testing.md"):
+        assert f"]({page})" in readme, f"README.md should link {page}"
