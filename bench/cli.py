@@ -2,7 +2,7 @@
 
 Each benchmark writes ``OUT/<name>-<device>[-quick].json`` (machine, configuration, every
 sample) and prints its markdown tables; ``all`` also writes ``OUT/RESULTS-<device>[-quick].md``,
-the tables as they go into README, and ``render`` rebuilds that file from stored JSON.
+the tables as they go into bench/RESULTS.md, and ``render`` rebuilds that file from stored JSON.
 OUT defaults to bench/results/ (not tracked by git).
 """
 

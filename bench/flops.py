@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from model import FRLIEConfig
+from model.network import FRLIEConfig
 
 # Any multiple of 4 gives the same per-pixel count: every layer's work scales with the area.
 COUNT_SIZE = 128

@@ -15,39 +15,10 @@ import sys
 from typing import Any
 
 from bench import REPO_ROOT
+from service.memory import peak_rss_bytes
 
 MARKER = "BENCH-ISOLATED-RESULT "
 TAIL_CHARS = 2000
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def current_rss_bytes() -> int:
-    """Resident set size now, for a baseline before the measured work."""
-    return _status_kib("VmRSS") * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Start the high-water mark afresh (Linux >= 4.0), so set-up such as building a synthetic input
-    does not count as the measured work's peak. False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """This process image's high-water RSS. Not getrusage's ru_maxrss: on Linux that survives exec
-    and so starts at the RSS of the parent that forked us (the benchmark, torch and all)."""
-    return _status_kib("VmHWM") * 1024
 
 
 def run_isolated(target: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from bench.models import BUNDLED, TINY, ModelFile, ModelStore, torch_model
 from bench.report import markdown_table, num, section
 from bench.service_config import check_provider, service_env, settings_from
 from bench.timing import Timing, measure
+from model import contract
 from model.network import SIZE_MULTIPLE
-from service.engine import INPUT_NAME, OUTPUT_NAME, Engine
+from service.engine import Engine
 from service.settings import CUDA_PROVIDER
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,8 @@ def _device_io_variant(model: ModelFile) -> Iterator[Variant]:
         binding = session.io_binding()
         source = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", device_id)
         target = ort.OrtValue.ortvalue_from_shape_and_type(batch.shape, np.float32, "cuda", device_id)
-        binding.bind_ortvalue_input(INPUT_NAME, source)
-        binding.bind_ortvalue_output(OUTPUT_NAME, target)
+        binding.bind_ortvalue_input(contract.INPUT_NAME, source)
+        binding.bind_ortvalue_output(contract.OUTPUT_NAME, target)
 
         def run() -> None:
             session.run_with_iobinding(binding)
@@ -269,7 +270,7 @@ def _sweep(config: ModelBenchConfig, model: ModelFile) -> list[Row]:
         row: Row = {"option": label, "size": images.label(config.sweep_size), "ms_per_image": None}
         try:  # an option this ORT build does not know costs one row, not the benchmark
             session = _session_like(model, engine, changes, entries, provider_changes)
-            timing = _time(lambda: session.run([OUTPUT_NAME], {INPUT_NAME: batch}), config)
+            timing = _time(lambda: session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch}), config)
             row.update(ms_per_image=timing.median_s * 1000, providers=session.get_providers(), timing=timing.to_dict())
             del session
         except Exception as error:  # noqa: BLE001 - recorded in the table

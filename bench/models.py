@@ -13,8 +13,8 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from model import FRLIE, FRLIEConfig
-from service.settings import BUNDLED_MODEL_PATH
+from model.network import FRLIE, FRLIEConfig
+from model.contract import BUNDLED_MODEL_PATH
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,10 @@ class ModelStore:
         key = f"{model.path}:fp16"
         if key not in self._cache:
             import onnx
-            from onnxconverter_common import float16
 
-            proto = float16.convert_float_to_float16(onnx.load(str(model.path)), keep_io_types=True)
-            props = {p.key: p.value for p in proto.metadata_props}
-            onnx.helper.set_model_props(proto, {**props, "precision": "fp16"})
+            from training.export import to_fp16
+
+            proto = to_fp16(onnx.load(str(model.path)))
             path = self.scratch / f"{model.path.stem}-fp16.onnx"
             onnx.save_model(proto, str(path), save_as_external_data=False)
             self._cache[key] = replace(model, path=path, precision="fp16")

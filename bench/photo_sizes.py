@@ -45,8 +45,10 @@ from bench.machine import Machine, describe
 from bench.report import MISSING, markdown_table, num, section, timestamp, write_json
 from bench.server import ServerProcess
 from bench.service_config import setting_env
+from service.memory import status_bytes
 from service.metrics import PREFIX
-from service.settings import BUNDLED_MODEL_PATH, Settings
+from model.contract import BUNDLED_MODEL_PATH
+from service.settings import Settings
 
 log = logging.getLogger("bench.photo_sizes")
 
@@ -82,18 +84,6 @@ class PhotoSizesConfig:
 # --- server memory ------------------------------------------------------------------------------
 
 
-def _status_kib(pid: int, field: str) -> int | None:
-    """One field of /proc/PID/status in kiB, or None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 class RssPoller:
     """Polls a process's VmRSS from a thread: the maximum over the run, and over each interval
     between ``interval_peak`` calls (one request of a given size, say)."""
@@ -109,13 +99,13 @@ class RssPoller:
         self._thread = threading.Thread(target=self._poll, name="rss-poller", daemon=True)
 
     def _sample(self) -> None:
-        kib = _status_kib(self.pid, "VmRSS")
-        if kib is None:
+        rss = status_bytes("VmRSS", self.pid)
+        if rss is None:
             return
         with self._lock:
             self.samples += 1
-            self.peak_bytes = max(self.peak_bytes, kib * 1024)
-            self._interval_peak = max(self._interval_peak, kib * 1024)
+            self.peak_bytes = max(self.peak_bytes, rss)
+            self._interval_peak = max(self._interval_peak, rss)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -321,7 +311,7 @@ def run(config: PhotoSizesConfig, model_path: Path, log_dir: Path) -> dict[str, 
         rss = RssPoller(pid).start()
         try:
             readyz = server.readyz()
-            idle_rss = _status_kib(pid, "VmRSS")
+            idle_rss = status_bytes("VmRSS", pid)
             with httpx.Client(base_url=server.url, timeout=config.client_timeout_s) as http:
                 warmup = post(http, png(config.reference))  # untimed: first requests pay one-off costs
             log.info("warm-up upload: %s in %.2f s", warmup.outcome, warmup.seconds)
@@ -330,7 +320,7 @@ def run(config: PhotoSizesConfig, model_path: Path, log_dir: Path) -> dict[str, 
             burst = concurrent(server, config.reference, config.burst, config, rss)
             log.info("flood: %d concurrent uploads", config.flood)
             flood = concurrent(server, config.reference, config.flood, config, rss)
-            hwm = _status_kib(pid, "VmHWM")
+            hwm = status_bytes("VmHWM", pid)
         finally:
             rss.stop()
     return {
@@ -343,11 +333,11 @@ def run(config: PhotoSizesConfig, model_path: Path, log_dir: Path) -> dict[str, 
         "warmup": {"status": warmup.status, "wall_s": warmup.seconds},
         "sizes": sizes,
         "memory": {
-            "idle_rss_bytes": idle_rss * 1024 if idle_rss is not None else None,
+            "idle_rss_bytes": idle_rss,
             "peak_rss_bytes": rss.peak_bytes,
             "rss_samples": rss.samples,
             "poll_period_s": rss.period_s,
-            "vm_hwm_bytes": hwm * 1024 if hwm is not None else None,
+            "vm_hwm_bytes": hwm,
         },
         "burst": burst,
         "flood": flood,

@@ -31,7 +31,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def section(title: str, caption: str, table: str, notes: Sequence[str] = ()) -> str:
-    """A titled table with the machine/model caption above it and notes below, ready for README."""
+    """A titled table with the machine/model caption above it and notes below, ready for bench/RESULTS.md."""
     parts = [f"### {title}", "", caption, "", table]
     if notes:
         parts += ["", *(f"- {note}" for note in notes)]

@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from bench.images import dark_photo
-from bench.isolate import current_rss_bytes, reset_peak_rss
 from bench.service_config import check_provider, service_env, settings_from
-from service.memory import return_freed_buffers_to_the_os
+from service.memory import current_rss_bytes, reset_peak_rss, return_freed_buffers_to_the_os
 from service.engine import Engine
 from service.metrics import Metrics
 from service.pipeline import Pipeline

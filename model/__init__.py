@@ -1,25 +1,6 @@
-"""FRLIE network definition (depends on torch only)."""
+"""FRLIE: the network (``model.network``), its weight files (``model.checkpoint``, both torch) and
+the ONNX contract with the bundled weights (``model.contract``, torch-free, used by the service).
 
-from model.checkpoint import load_weights, read_checkpoint, save_weights
-from model.network import (
-    FRLIE,
-    MIN_SIDE,
-    SIZE_MULTIPLE,
-    FRLIEConfig,
-    count_parameters,
-    enhance,
-    pad_to_multiple,
-)
-
-__all__ = [
-    "FRLIE",
-    "FRLIEConfig",
-    "MIN_SIDE",
-    "SIZE_MULTIPLE",
-    "count_parameters",
-    "enhance",
-    "load_weights",
-    "pad_to_multiple",
-    "read_checkpoint",
-    "save_weights",
-]
+Import from the submodules: this package itself imports nothing, so the service can read the
+contract without torch installed.
+"""

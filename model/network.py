@@ -1,7 +1,7 @@
 """The FRLIE network: encoder E, feature restoration net FRNet, decoder D.
 
-Layer layout follows the paper (Yang, Zhang, Guo, ICASSP 2022) and the facts in
-shared/reference/NOTES.md. Everything is convolutional and local (no pooling, no attention),
+Layer layout follows the paper (Yang, Zhang, Guo, ICASSP 2022) and the details it omits, as
+model/MODEL_CARD.md records them ("Architecture"). Everything is convolutional and local (no pooling, no attention),
 which is what makes exact tiling possible in the service.
 """
 

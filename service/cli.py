@@ -21,7 +21,7 @@ from service.memory import return_freed_buffers_to_the_os
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
-from service.strength import AUTO, Strength
+from service.strength import AUTO, Strength, parse_strength
 
 INPUT_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = {OutputFormat.png: ".png", OutputFormat.jpeg: ".jpg", OutputFormat.webp: ".webp"}
@@ -129,19 +129,6 @@ def enhance(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     return_freed_buffers_to_the_os()
     return asyncio.run(_enhance_files(jobs, settings, args.format, args.quality, args.jobs, args.strength))
-
-
-def parse_strength(text: str) -> Strength:
-    """argparse type for --strength: 'auto' or a number from 0 to 1."""
-    if text.strip().lower() == AUTO:
-        return AUTO
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number from 0 to 1, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

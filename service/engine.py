@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from model import contract
 from service.memory import measure_peak_growth, return_freed_buffers_to_the_os
 from service.settings import DEFAULT_GPU_TILE_SIZE, Settings
 from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "enhanced"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # The input that measures working memory and speed at start-up: big enough that ORT's working
 # buffers dwarf allocator noise (~150 MB on the 4-block model), small enough to take a few seconds.
@@ -74,12 +73,12 @@ class Engine:
         self._check_io()
 
         metadata = self.session.get_modelmeta().custom_metadata_map
-        if "receptive_radius" not in metadata:
-            raise ModelFileError(f"{path} has no receptive_radius metadata; export it with `python -m training export`")
+        if contract.RECEPTIVE_RADIUS not in metadata:
+            raise ModelFileError(f"{path} has no {contract.RECEPTIVE_RADIUS} metadata; export it with `python -m training export`")
         self.metadata = dict(metadata)
-        self.model_version = metadata.get("model_version", "unversioned")
-        self.receptive_radius = int(metadata["receptive_radius"])
-        self.size_multiple = int(metadata.get("size_multiple", "4"))
+        self.model_version = metadata.get(contract.MODEL_VERSION, contract.UNVERSIONED)
+        self.receptive_radius = int(metadata[contract.RECEPTIVE_RADIUS])
+        self.size_multiple = int(metadata.get(contract.SIZE_MULTIPLE, "4"))
         on_gpu = self.provider in GPU_PROVIDERS
         # Fixed tiles on a GPU (one shape: batching, cuDNN caches) or when FRLIE_TILE_SIZE asks for
         # them; otherwise windows are planned per image by cost within the memory budget.
@@ -145,8 +144,8 @@ class Engine:
     def _check_io(self) -> None:
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
-            raise ModelFileError(f"model has inputs {inputs} and outputs {outputs}; expected {INPUT_NAME!r} -> {OUTPUT_NAME!r}")
+        if inputs != [contract.INPUT_NAME] or contract.OUTPUT_NAME not in outputs:
+            raise ModelFileError(f"model has inputs {inputs} and outputs {outputs}; expected {contract.INPUT_NAME!r} -> {contract.OUTPUT_NAME!r}")
 
     def batch_limit(self, height: int, width: int) -> int:
         """Most items of this size in one ORT call: max_batch_size, fewer if they would pass max_batch_pixels."""
@@ -172,13 +171,13 @@ class Engine:
         """One ORT call on N x 3 x H x W float32; blocking, so callers run it in a worker thread."""
         started = time.perf_counter()
         if not self.use_io_binding:
-            output = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+            output = self.session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})[0]
         else:
             # ORT copies the input to the device and the result straight into our host buffer.
             output = np.empty_like(batch)
             binding = self.session.io_binding()
-            binding.bind_cpu_input(INPUT_NAME, batch)
-            binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, output.shape, output.ctypes.data)
+            binding.bind_cpu_input(contract.INPUT_NAME, batch)
+            binding.bind_output(contract.OUTPUT_NAME, "cpu", 0, np.float32, output.shape, output.ctypes.data)
             self.session.run_with_iobinding(binding)
         self._observe(batch.shape[0] * batch.shape[2] * batch.shape[3], time.perf_counter() - started)
         return output
@@ -221,7 +220,7 @@ class Engine:
             "model_version": self.model_version,
             "execution_provider": self.provider,
             "providers": self.providers,
-            "precision": self.metadata.get("precision", "unknown"),
+            "precision": self.metadata.get(contract.PRECISION, "unknown"),
             "receptive_radius": self.receptive_radius,
             "tiling": "cost-aware" if self.cost_aware else "fixed",
             "tile_core": None if self.cost_aware else self.tile_core,

@@ -1,4 +1,5 @@
-"""Process memory: how much a call makes the peak grow, and giving freed image buffers back to the OS."""
+"""Process memory: resident and peak memory from /proc, how much a call makes the peak grow, and
+giving freed image buffers back to the OS."""
 
 from __future__ import annotations
 
@@ -6,25 +7,45 @@ import ctypes
 from collections.abc import Callable
 from pathlib import Path
 
-STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 RESET_PEAK = "5"  # writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)
 GLIBC_M_MMAP_THRESHOLD = -3  # mallopt parameter number from <malloc.h>
 
 
-def _status_bytes(field: str) -> int | None:
+def status_bytes(field: str, pid: int | str = "self") -> int | None:
+    """One memory field of /proc/PID/status (VmRSS, VmHWM...) in bytes; None where /proc does not
+    say (not Linux, or the process is gone)."""
     try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
         pass
     return None
 
 
+def current_rss_bytes() -> int | None:
+    """This process's resident memory now."""
+    return status_bytes("VmRSS")
+
+
 def peak_rss_bytes() -> int | None:
-    """The process's peak resident memory (VmHWM), or None where /proc does not say."""
-    return _status_bytes("VmHWM")
+    """The process's peak resident memory (VmHWM), or None where /proc does not say.
+
+    Not getrusage's ru_maxrss: on Linux that survives exec, so it starts at the parent's peak.
+    """
+    return status_bytes("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Start the peak afresh from the current RSS, so earlier work does not hide the next peak.
+    False where the kernel does not allow it."""
+    try:
+        CLEAR_REFS.write_text(RESET_PEAK)
+    except OSError:
+        return False
+    return True
 
 
 def measure_peak_growth(call: Callable[[], object]) -> int | None:
@@ -33,11 +54,7 @@ def measure_peak_growth(call: Callable[[], object]) -> int | None:
     Resets the kernel's peak counter first, so earlier peaks (model loading) do not hide it.
     None where that is not possible (not Linux, or /proc not writable); ``call`` runs either way.
     """
-    try:
-        CLEAR_REFS.write_text(RESET_PEAK)
-        before = _status_bytes("VmRSS")
-    except OSError:
-        before = None
+    before = current_rss_bytes() if reset_peak_rss() else None
     call()
     after = peak_rss_bytes()
     if before is None or after is None:

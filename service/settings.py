@@ -14,11 +14,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.contract import BUNDLED_MODEL_PATH
 from service.strength import AutoStrength
 
 ENV_PREFIX = "FRLIE_"
-# The service's own package sits next to the `model` package, which carries the bundled weights.
-BUNDLED_MODEL_PATH = Path(__file__).resolve().parents[1] / "model" / "weights" / "frlie.onnx"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 DEFAULT_GPU_TILE_SIZE = 256  # tile core on a GPU when FRLIE_TILE_SIZE is unset
 CPU_PROVIDER = "CPUExecutionProvider"

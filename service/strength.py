@@ -8,6 +8,7 @@ bright ones, and a number from 0 to 1 blends the upload (0) with the model outpu
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,3 +75,16 @@ def blend_into(enhanced: np.ndarray, original: np.ndarray, strength: float) -> N
             enhanced[rows] = np.rint(np.clip(mixed, 0.0, 255.0))
         else:
             enhanced[rows] = mixed
+
+
+def parse_strength(text: str) -> Strength:
+    """argparse type for --strength: 'auto' or a number from 0 to 1."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number from 0 to 1, got {text!r}")
+    return value

@@ -35,7 +35,7 @@ def export_tiny_model(directory: Path) -> Path:
         import torch
         from torch import nn
 
-        from model import FRLIE, FRLIEConfig
+        from model.network import FRLIE, FRLIEConfig
         from training.export import export_onnx
 
         torch.manual_seed(0)

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import FRLIE, FRLIEConfig, save_weights
+from model.checkpoint import save_weights
+from model.network import FRLIE, FRLIEConfig
 from training.__main__ import main
 from training.data import list_pairs, load_rgb
 from training.evaluate import COMPARISON_SHEET, ENHANCED_DIR, FIGURE_MAX_BYTES, METRIC_KEYS, evaluate_model

@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model import FRLIE, FRLIEConfig, save_weights
+from model.checkpoint import save_weights
+from model.network import FRLIE, FRLIEConfig
 from training.__main__ import main
 from training.export import FP32_TOLERANCE, export_onnx, read_metadata
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from model import FRLIE, FRLIEConfig
+from model.network import FRLIE, FRLIEConfig
 from training.losses import (
     WEIGHT_FEATURE,
     WEIGHT_HUE,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import FRLIE, MIN_SIDE, FRLIEConfig, count_parameters, enhance, load_weights, save_weights
+from model.checkpoint import load_weights, save_weights
+from model.network import FRLIE, MIN_SIDE, FRLIEConfig, count_parameters, enhance
 
 
 def test_default_network_has_about_3_1_million_parameters() -> None:

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, dark_image, decode_image, encode_image, export_tiny_model, reference_enhance
 
-from service.cli import parse_strength
 from service.settings import Settings
-from service.strength import AUTO, AutoStrength, blend_into, estimate_exposure, resolve_strength
+from service.strength import AUTO, AutoStrength, blend_into, estimate_exposure, parse_strength, resolve_strength
 
 pytestmark = pytest.mark.timeout(120)
 AUTO_SETTINGS = {"auto_strength_dark": 0.25, "auto_strength_bright": 0.55, "auto_strength_floor": 0.3}

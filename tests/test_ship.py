@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model import load_weights, read_checkpoint
+from model.checkpoint import load_weights, read_checkpoint
 from training.__main__ import main
 from training.export import read_metadata
 from training.train import read_val_log

@@ -16,14 +16,14 @@ import numpy as np
 import onnx
 import pytest
 
-from model import load_weights
+from model.checkpoint import load_weights
 from training.data import list_pairs
 from training.evaluate import evaluate_model
 from training.export import read_metadata
 from training.inference import load_enhancer
-from training.ship import CONFIG_NAME, ONNX_NAME, SHIPPED_DIR, WEIGHTS_NAME
+from model.contract import ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME
 
-ONNX_FILE, TORCH_FILE, CONFIG_FILE = (SHIPPED_DIR / name for name in (ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME))
+ONNX_FILE, TORCH_FILE, CONFIG_FILE = (WEIGHTS_DIR / name for name in (ONNX_NAME, WEIGHTS_NAME, TRAINING_RECORD_NAME))
 MIN_PSNR_DB, MIN_SSIM = 20.5, 0.76
 MAX_ONNX_BYTES = 20_000_000
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_weights
+from model.checkpoint import load_weights
 from training.__main__ import main
 from training.train import state_digest
 from training_helpers import TINY, csv_rows, train_tiny

@@ -13,7 +13,7 @@ from PIL import Image
 from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, animated_gif, dark_image, encode_image, export_tiny_model
 
 from bench import REPO_ROOT
-from service.settings import BUNDLED_MODEL_PATH
+from model.contract import BUNDLED_MODEL_PATH
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (pip install -e .[dev])")
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from model import FRLIE, load_weights, save_weights
+from model.checkpoint import load_weights, save_weights
+from model.network import FRLIE
 from training.data import list_pairs
 from training.train import validate_model
 

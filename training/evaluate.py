@@ -20,9 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from service.cli import parse_strength
 from service.settings import Settings
-from service.strength import Strength, blend_into, resolve_strength
+from service.strength import Strength, blend_into, parse_strength, resolve_strength
 from training.baselines import BASELINES
 from training.data import EXPOSURE_VARIANTS, ExposureVariant, ImagePair, PairedDataError, list_pairs, load_rgb
 from training.inference import load_enhancer

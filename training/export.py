@@ -1,7 +1,6 @@
 """ONNX export of the encoder -> FRNet -> decoder chain, with a self-check against PyTorch.
 
-Contract relied on by the service and the tools: input ``image`` float32 N x 3 x H x W, RGB in
-[0, 1], dynamic N, H, W (H and W multiples of 4); output ``enhanced`` of the same shape in [0, 1].
+The file follows ``model.contract`` (names, metadata keys), which the service reads.
 """
 
 from __future__ import annotations
@@ -17,12 +16,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from model import FRLIE, SIZE_MULTIPLE, load_weights
+from model.checkpoint import load_weights
+from model import contract
+from model.network import FRLIE, SIZE_MULTIPLE
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "enhanced"
 OPSET = 18
 # Shapes the self-check runs on (N, H, W): several sizes and a batch, all multiples of 4.
 CHECK_SHAPES = ((1, 64, 64), (2, 48, 80), (1, 100, 132))
@@ -31,11 +30,11 @@ FP32_TOLERANCE = 1e-4
 
 def _metadata(model: FRLIE, extra: dict[str, Any] | None) -> dict[str, str]:
     props = {
-        "model_version": "unversioned",
-        "architecture": json.dumps(model.config.to_dict()),
-        "size_multiple": str(SIZE_MULTIPLE),
-        "receptive_radius": str(model.config.receptive_radius),
-        "input_range": "RGB float32 in [0, 1], N x 3 x H x W",
+        contract.MODEL_VERSION: contract.UNVERSIONED,
+        contract.ARCHITECTURE: json.dumps(model.config.to_dict()),
+        contract.SIZE_MULTIPLE: str(SIZE_MULTIPLE),
+        contract.RECEPTIVE_RADIUS: str(model.config.receptive_radius),
+        contract.INPUT_RANGE: "RGB float32 in [0, 1], N x 3 x H x W",
     }
     for key, value in (extra or {}).items():
         props[key] = value if isinstance(value, str) else json.dumps(value)
@@ -64,8 +63,8 @@ def export_onnx(
     program = torch.onnx.export(
         model,
         (example,),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        input_names=[contract.INPUT_NAME],
+        output_names=[contract.OUTPUT_NAME],
         dynamic_shapes={"image": dims},
         opset_version=OPSET,
         external_data=False,
@@ -73,16 +72,25 @@ def export_onnx(
         verbose=False,
     )
     proto = program.model_proto
-    if fp16:
-        from onnxconverter_common import float16
-
-        proto = float16.convert_float_to_float16(proto, keep_io_types=True)
     props = _metadata(model, metadata)
-    props["precision"] = "fp16" if fp16 else "fp32"
+    props[contract.PRECISION] = "fp32"
     onnx.helper.set_model_props(proto, props)
+    if fp16:
+        proto = to_fp16(proto)
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     return verify_export(model, path, fp16=fp16) if verify else {}
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with fp16 weights and arithmetic; inputs and outputs stay fp32, so the file
+    keeps the contract. The metadata is kept, with ``precision`` set to fp16."""
+    from onnxconverter_common import float16
+
+    props = {p.key: p.value for p in proto.metadata_props}
+    converted = float16.convert_float_to_float16(proto, keep_io_types=True)
+    onnx.helper.set_model_props(converted, {**props, contract.PRECISION: "fp16"})
+    return converted
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -99,7 +107,7 @@ def verify_export(model: FRLIE, path: str | Path, *, fp16: bool = False) -> dict
         x = torch.rand(n, 3, h, w, generator=generator)
         with torch.no_grad():
             expected = model(x).numpy()
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        (got,) = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: x.numpy()})
         if got.shape != expected.shape:
             raise RuntimeError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
         entry: dict[str, Any] = {"shape": [n, 3, h, w], "max_abs_diff": float(np.abs(got - expected).max())}
@@ -133,7 +141,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def checkpoint_metadata(payload: dict[str, Any], *, model_version: str | None, training_data: str) -> dict[str, Any]:
     """ONNX metadata for a training checkpoint: version (default: stage and step), data, val metrics."""
     metadata: dict[str, Any] = {"training_data": training_data}
-    metadata["model_version"] = model_version or f"{payload.get('stage', 'model')}-step{payload.get('step', 0)}"
+    metadata[contract.MODEL_VERSION] = model_version or f"{payload.get('stage', 'model')}-step{payload.get('step', 0)}"
     if "metrics" in payload:
         metadata["validation_metrics"] = payload["metrics"]
     return metadata

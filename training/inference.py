@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import enhance, load_weights, pad_to_multiple
+from model.checkpoint import load_weights
+from model.network import enhance, pad_to_multiple
 from training.data import to_tensor, to_uint8
 
 ONNX_SUFFIX = ".onnx"

@@ -1,4 +1,4 @@
-"""Loss terms of the paper (eq. 1, 3-7) with the weights from NOTES.md."""
+"""Loss terms of the paper (eq. 1, 3-7) with the weights the paper omits (see model/MODEL_CARD.md)."""
 
 from __future__ import annotations
 

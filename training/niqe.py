@@ -7,7 +7,7 @@ blocks, two scales with MATLAB ``imresize`` bicubic downscaling, MSCN coefficien
 moment matching on MATLAB's 0.2:0.001:10 shape grid, and the pristine model shipped beside this
 module (``data/niqe_pris_params.npz``, see ``data/NIQE-NOTICE.md``). Whole image, no border crop.
 
-numpy + scipy only, so evaluation and the service can use it without torch.
+numpy + scipy only, so evaluation can score ONNX outputs without torch.
 """
 
 from __future__ import annotations

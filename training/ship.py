@@ -19,15 +19,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from model import FRLIE, load_weights, read_checkpoint, save_weights
-from service.settings import BUNDLED_MODEL_PATH
+from model.checkpoint import load_weights, read_checkpoint, save_weights
+from model.network import FRLIE
+from model.contract import ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME
 from training.average import AVERAGED
 from training.export import checkpoint_metadata, export_onnx
 from training.train import BEST, LAST, VAL_LOG, read_val_log
 
 # Shipping writes where the service looks for its default model.
-SHIPPED_DIR, ONNX_NAME = BUNDLED_MODEL_PATH.parent, BUNDLED_MODEL_PATH.name
-WEIGHTS_NAME, CONFIG_NAME = "frlie.pt", "training-config.json"
+SHIPPED_DIR, CONFIG_NAME = WEIGHTS_DIR, TRAINING_RECORD_NAME
 CHECKPOINT_FILES = {"best": BEST, "last": LAST, "averaged": AVERAGED}
 
 

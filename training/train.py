@@ -27,7 +27,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from model import FRLIE, FRLIEConfig, load_weights, read_checkpoint, save_weights
+from model.checkpoint import load_weights, read_checkpoint, save_weights
+from model.network import FRLIE, FRLIEConfig
 from training import distributed as dist_utils
 from training.data import EXPOSURE_VARIANTS, ExposureMix, ImagePair, PairedImages, list_pairs
 from training.evaluate import evaluate_exposures, evaluate_model
