@@ -17,11 +17,12 @@ STAGE2_MINUTES ?= 125
 ABLATION_MINUTES ?= 100
 TRAIN_FLAGS ?= --crop 128 --batch-size 16 --precision bf16 --threads 2 --resume
 
-.PHONY: help serve test train train-exposure ablation export ship evaluate bench clean
+.PHONY: help serve test lint train train-exposure ablation export ship evaluate bench clean
 
 help:
 	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
 	@echo "make test      install everything and run the whole test suite"
+	@echo "make lint      ruff (lint + format check) and mypy, as CI runs them before the tests"
 	@echo "make train     stage 1 then stage 2 on DATA=$(DATA), runs in RUNS=$(RUNS) (resumable)"
 	@echo "make train-exposure  the 2.0 recipe: exposure-robust stage 2 warm-started from the shipped weights"
 	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
@@ -42,6 +43,11 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed
 	$(PY) -m service serve
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 test: $(VENV)/.dev-installed
 	bash .ci/install-test-tools.sh

@@ -103,9 +103,10 @@ def _tiling_config(args: argparse.Namespace) -> tiling_bench.TilingBenchConfig:
     changes = _given(args, "series", "sweep_size", "tile_sizes", "repeats", "max_case_s")
     if args.model:  # takes the real model's place; the tiny model keeps carrying the large sizes
         changes["sweep_model"] = args.model
-        changes.setdefault("series", tuple(
-            dataclasses.replace(s, model=args.model) if s.model == BUNDLED else s for s in config.series
-        ))
+        changes.setdefault(
+            "series",
+            tuple(dataclasses.replace(s, model=args.model) if s.model == BUNDLED else s for s in config.series),
+        )
     if "series" in changes:
         changes["series"] = tuple(changes["series"])
     return dataclasses.replace(config, **changes)
@@ -114,7 +115,9 @@ def _tiling_config(args: argparse.Namespace) -> tiling_bench.TilingBenchConfig:
 # --- running ------------------------------------------------------------------------------------
 
 MARKDOWN: dict[str, Callable[[dict[str, Any], str], str]] = {
-    "model": model_bench.markdown, "service": service_bench.markdown, "tiling": tiling_bench.markdown,
+    "model": model_bench.markdown,
+    "service": service_bench.markdown,
+    "tiling": tiling_bench.markdown,
 }
 
 
@@ -190,19 +193,29 @@ def run_all(ctx: Context) -> Path:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or cuda (the GPU set)")
-    parser.add_argument("--quick", action="store_true", help="tiny model, small sizes, few runs: a smoke test in seconds")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model, small sizes, few runs: a smoke test in seconds"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where JSON (and RESULTS-*.md) go")
-    parser.add_argument("--model", default=None,
-                        help="bundled (default: model/weights/frlie.onnx, or random default-architecture weights "
-                        "if it is absent), default, tiny, or a path to an exported .onnx")
-    parser.add_argument("--cpu-peak-gflops", type=float, default=None,
-                        help="use this FP32 peak instead of the estimate from CPU flags and clock")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="bundled (default: model/weights/frlie.onnx, or random default-architecture weights "
+        "if it is absent), default, tiny, or a path to an exported .onnx",
+    )
+    parser.add_argument(
+        "--cpu-peak-gflops",
+        type=float,
+        default=None,
+        help="use this FP32 peak instead of the estimate from CPU flags and clock",
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     model = commands.add_parser("model", help="PyTorch eager vs ONNX Runtime, FLOPs and fraction of peak")
@@ -218,11 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--requests-per-client", type=int, help="requests per level = max(min, this x clients)")
     service.add_argument("--min-requests", type=int)
     service.add_argument("--max-seconds", type=float, help="wall-clock cap per concurrency level")
-    service.add_argument("--variant", type=_service_variant, action="append",
-                         help="extra server configuration 'LABEL:name=value,...' "
-                         "(e.g. 'batch 4:max_batch_pixels=960000')")
-    service.add_argument("--set", action="append", metavar="NAME=VALUE",
-                         help="FRLIE_* setting for every server (e.g. intra_op_threads=1)")
+    service.add_argument(
+        "--variant",
+        type=_service_variant,
+        action="append",
+        help="extra server configuration 'LABEL:name=value,...' (e.g. 'batch 4:max_batch_pixels=960000')",
+    )
+    service.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="FRLIE_* setting for every server (e.g. intra_op_threads=1)",
+    )
 
     tiling = commands.add_parser("tiling", help="time and peak RSS against image size, tiled vs whole")
     _common(tiling)
@@ -242,8 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.command == "render":

@@ -30,7 +30,7 @@ def run_isolated(target: str, kwargs: dict[str, Any], timeout_s: float) -> dict[
         return {"error": f"no result within {timeout_s:.0f} s"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(MARKER):
-            return json.loads(line[len(MARKER):])
+            return json.loads(line[len(MARKER) :])
     code = done.returncode
     reason = f"killed by signal {-code} (out of memory?)" if code < 0 else f"exit code {code}"
     return {"error": reason, "stderr_tail": done.stderr[-TAIL_CHARS:]}

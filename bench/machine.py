@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 # FP32 FLOPs per cycle per core: 2 FMA units x lanes x 2 (multiply + add).
-SIMD_FP32_FLOPS_PER_CYCLE = (("avx512f", 2 * 16 * 2, "AVX-512"), ("avx2", 2 * 8 * 2, "AVX2"), ("sse2", 2 * 4 * 2, "SSE2"))
+SIMD_FP32_FLOPS_PER_CYCLE = (
+    ("avx512f", 2 * 16 * 2, "AVX-512"),
+    ("avx2", 2 * 8 * 2, "AVX2"),
+    ("sse2", 2 * 4 * 2, "SSE2"),
+)
 # (name pattern, FP32 TFLOP/s, FP16 tensor-core TFLOP/s dense); first match wins.
 GPU_PEAKS_TFLOPS = (
     (r"H200", 66.9, 989.4),
@@ -112,11 +116,15 @@ def gpus() -> list[dict[str, str]]:
     try:
         out = subprocess.run(
             ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.strip().splitlines() if line]
+    rows = (line.split(",") for line in out.strip().splitlines() if line)
+    return [dict(zip(fields, (value.strip() for value in row), strict=False)) for row in rows]
 
 
 def _versions() -> dict[str, str]:
@@ -150,7 +158,7 @@ class Machine:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Machine":
+    def from_dict(cls, data: dict[str, Any]) -> Machine:
         """Back from a results JSON (tables can be re-rendered from stored runs)."""
         load = data.get("load_average")
         return cls(**{**data, "load_average": tuple(load) if load else None})

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,10 +50,16 @@ class ModelBenchConfig:
     cpu_peak_gflops: float | None = None
 
     @classmethod
-    def preset(cls, device: str, quick: bool) -> "ModelBenchConfig":
+    def preset(cls, device: str, quick: bool) -> ModelBenchConfig:
         if quick:
-            return cls(device=device, model=TINY, sizes=((96, 64), (240, 160)), max_repeats=3, budget_s=0.5,
-                       sweep_size=(96, 64))
+            return cls(
+                device=device,
+                model=TINY,
+                sizes=((96, 64), (240, 160)),
+                max_repeats=3,
+                budget_s=0.5,
+                sweep_size=(96, 64),
+            )
         if device == "cuda":  # fast cases: more repeats, and a warm-up per shape for cuDNN's algorithm search
             return cls(device=device, warmup=3, max_repeats=50, budget_s=2.0)
         return cls(device=device)
@@ -88,7 +95,7 @@ def _torch_variant(model: ModelFile, device: str, precision: str) -> Iterator[Va
 
         def run() -> None:
             with torch.inference_mode():
-                network(x)
+                network(x)  # noqa: F821 (deleted below only once the variant is no longer used)
             if device == "cuda":
                 torch.cuda.synchronize()
 
@@ -118,9 +125,15 @@ def _service_variant(model: ModelFile, device: str) -> Iterator[Variant]:
         f"io_binding {engine.use_io_binding}"
     )
     extra = {"providers": engine.providers, "provider_options": engine.session.get_provider_options()}
-    yield Variant("ONNX Runtime (service)", "onnxruntime", model.precision, device, detail,
-                  lambda batch: lambda: engine.run(batch), extra=extra)
-    del engine
+    yield Variant(
+        "ONNX Runtime (service)",
+        "onnxruntime",
+        model.precision,
+        device,
+        detail,
+        lambda batch: lambda: engine.run(batch),
+        extra=extra,
+    )
 
 
 @contextmanager
@@ -143,9 +156,14 @@ def _device_io_variant(model: ModelFile) -> Iterator[Variant]:
 
         return run
 
-    yield Variant("ONNX Runtime (GPU-resident I/O)", "onnxruntime", model.precision, "cuda",
-                  f"{engine.provider}, IOBinding with device OrtValues", prepare)
-    del engine
+    yield Variant(
+        "ONNX Runtime (GPU-resident I/O)",
+        "onnxruntime",
+        model.precision,
+        "cuda",
+        f"{engine.provider}, IOBinding with device OrtValues",
+        prepare,
+    )
 
 
 def _variants(
@@ -157,8 +175,10 @@ def _variants(
     import torch
 
     half = store.fp16(model)
-    notes.append("fp32 convolutions on CUDA may run on TF32 tensor cores (cuDNN's and ORT's defaults), so fp32 rows "
-                 "can pass a fraction of the FP32 (CUDA-core) peak that plain FP32 arithmetic could not reach")
+    notes.append(
+        "fp32 convolutions on CUDA may run on TF32 tensor cores (cuDNN's and ORT's defaults), so fp32 rows "
+        "can pass a fraction of the FP32 (CUDA-core) peak that plain FP32 arithmetic could not reach"
+    )
     factories: list[Callable[[], AbstractContextManager[Variant]]] = []
     if torch.cuda.is_available():
         factories += [lambda: _torch_variant(model, "cuda", "fp32"), lambda: _torch_variant(model, "cuda", "fp16")]
@@ -166,8 +186,10 @@ def _variants(
         notes.append("this torch build has no CUDA: the PyTorch eager baseline ran on the CPU")
         factories.append(lambda: _torch_variant(model, "cpu", "fp32"))
     factories += [
-        lambda: _service_variant(model, "cuda"), lambda: _service_variant(half, "cuda"),
-        lambda: _device_io_variant(model), lambda: _device_io_variant(half),
+        lambda: _service_variant(model, "cuda"),
+        lambda: _service_variant(half, "cuda"),
+        lambda: _device_io_variant(model),
+        lambda: _device_io_variant(half),
     ]
     return factories
 
@@ -231,7 +253,12 @@ def _sweep_cases(device: str) -> list[tuple[str, dict[str, object], dict[str, st
         ("service session (threads auto, mem pattern off, ENABLE_ALL)", {}, {}, {}),
         ("1 intra-op thread", {"intra_op_num_threads": 1}, {}, {}),
         ("memory pattern on", {"enable_mem_pattern": True}, {}, {}),
-        ("graph ENABLE_EXTENDED (no NCHWc layout)", {"graph_optimization_level": GraphLevel.ORT_ENABLE_EXTENDED}, {}, {}),
+        (
+            "graph ENABLE_EXTENDED (no NCHWc layout)",
+            {"graph_optimization_level": GraphLevel.ORT_ENABLE_EXTENDED},
+            {},
+            {},
+        ),
         ("graph ENABLE_BASIC", {"graph_optimization_level": GraphLevel.ORT_ENABLE_BASIC}, {}, {}),
         ("no spinning of idle threads", {}, {"session.intra_op.allow_spinning": "0"}, {}),
     ]
@@ -247,8 +274,14 @@ def _session_like(
     """A new session with the service's options except the given changes."""
     base = engine.session.get_session_options()
     options = ort.SessionOptions()
-    for name in ("graph_optimization_level", "execution_mode", "intra_op_num_threads", "inter_op_num_threads",
-                 "enable_mem_pattern", "enable_cpu_mem_arena"):
+    for name in (
+        "graph_optimization_level",
+        "execution_mode",
+        "intra_op_num_threads",
+        "inter_op_num_threads",
+        "enable_mem_pattern",
+        "enable_cpu_mem_arena",
+    ):
         setattr(options, name, changes.get(name, getattr(base, name)))
     for key, value in entries.items():
         options.add_session_config_entry(key, value)
@@ -270,10 +303,10 @@ def _sweep(config: ModelBenchConfig, model: ModelFile) -> list[Row]:
         row: Row = {"option": label, "size": images.label(config.sweep_size), "ms_per_image": None}
         try:  # an option this ORT build does not know costs one row, not the benchmark
             session = _session_like(model, engine, changes, entries, provider_changes)
-            timing = _time(lambda: session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch}), config)
+            timing = _time(partial(session.run, [contract.OUTPUT_NAME], {contract.INPUT_NAME: batch}), config)
             row.update(ms_per_image=timing.median_s * 1000, providers=session.get_providers(), timing=timing.to_dict())
             del session
-        except Exception as error:  # noqa: BLE001 - recorded in the table
+        except Exception as error:
             log.warning("sweep %s failed: %s", label, error)
             row["error"] = f"{type(error).__name__}: {error}"
         rows.append(row)
@@ -319,9 +352,18 @@ def run(config: ModelBenchConfig, store: ModelStore, machine: Machine) -> dict[s
 def markdown(result: dict[str, Any], caption: str) -> str:
     work = result["work"]
     rows = [
-        [r["size"], r["variant"], r["precision"], r["device"], num(r["ms_per_image"]), num(r["megapixels_per_s"]),
-         num(r["achieved_gflops"]), num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], 2),
-         num(r["speedup_vs_eager"]), r["timing"]["repeats"]]
+        [
+            r["size"],
+            r["variant"],
+            r["precision"],
+            r["device"],
+            num(r["ms_per_image"]),
+            num(r["megapixels_per_s"]),
+            num(r["achieved_gflops"]),
+            num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], 2),
+            num(r["speedup_vs_eager"]),
+            r["timing"]["repeats"],
+        ]
         for r in result["results"]
     ]
     table = markdown_table(
@@ -331,8 +373,10 @@ def markdown(result: dict[str, Any], caption: str) -> str:
     notes = [
         f"Model: {result['model_description']}. Work per output pixel: {num(work['macs_per_pixel'])} MACs = "
         f"{num(work['flops_per_pixel'])} FLOPs ({work['method']}).",
-        *(f"Peak ({kind}): {num(peak['gflops'])} GFLOP/s; {peak['assumption']}."
-          for kind, peak in result["peaks"].items()),
+        *(
+            f"Peak ({kind}): {num(peak['gflops'])} GFLOP/s; {peak['assumption']}."
+            for kind, peak in result["peaks"].items()
+        ),
         "ms / image is the median of the timed runs after warm-up; x vs eager = PyTorch eager fp32 time / this time, "
         "same size, same run. PyTorch runs randomly initialised weights of the same architecture (speed does not "
         "depend on weight values).",
@@ -346,7 +390,8 @@ def markdown(result: dict[str, Any], caption: str) -> str:
             for r in sweep
         ]
         out += "\n" + section(
-            "ONNX Runtime options, one change at a time", caption,
+            "ONNX Runtime options, one change at a time",
+            caption,
             markdown_table(["session", "size", "ms / image", "x vs service session", "note"], sweep_rows),
             ["Each row changes one option of the service's session (same model, same input); x > 1 is faster."],
         )

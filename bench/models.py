@@ -13,8 +13,8 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from model.network import FRLIE, FRLIEConfig
 from model.contract import BUNDLED_MODEL_PATH
+from model.network import FRLIE, FRLIEConfig
 
 log = logging.getLogger(__name__)
 

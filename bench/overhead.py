@@ -57,14 +57,14 @@ def time_request(engine: Engine, settings: Settings, data: bytes) -> StageTimes:
         group = plan.tiles[first : first + limit]
         started = clock()
         batch = np.zeros((limit if engine.pad_batches else len(group), 3, *plan.window_shape), dtype=np.float32)
-        for slot, tile in zip(batch, group):
+        for slot, tile in zip(batch, group, strict=False):
             extract_tile(decoded.rgb, plan, tile, slot)
         tiling_s += clock() - started
         started = clock()
         result = engine.run(batch)
         inference_s += clock() - started
         started = clock()
-        for item, tile in zip(result, group):
+        for item, tile in zip(result, group, strict=False):
             stitch_tile(output, tile, item)
         tiling_s += clock() - started
         batches += 1
@@ -79,8 +79,9 @@ def median_stages(engine: Engine, settings: Settings, data: bytes, repeats: int)
     time_request(engine, settings, data)
     runs = [time_request(engine, settings, data) for _ in range(repeats)]
     median = StageTimes(
-        *(statistics.median(getattr(run, f"{stage}_s") for run in runs) for stage in STAGES),
-        tiles=runs[0].tiles, batches=runs[0].batches,
+        **{f"{stage}_s": statistics.median(getattr(run, f"{stage}_s") for run in runs) for stage in STAGES},
+        tiles=runs[0].tiles,
+        batches=runs[0].batches,
     )
     return {
         **{f"{stage}_ms": getattr(median, f"{stage}_s") * 1000 for stage in STAGES},

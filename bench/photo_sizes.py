@@ -39,15 +39,15 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from bench import images
+from bench import REPO_ROOT, images
 from bench.images import Size
 from bench.machine import Machine, describe
 from bench.report import MISSING, markdown_table, num, section, timestamp, write_json
 from bench.server import ServerProcess
 from bench.service_config import setting_env
+from model.contract import BUNDLED_MODEL_PATH
 from service.memory import status_bytes
 from service.metrics import PREFIX
-from model.contract import BUNDLED_MODEL_PATH
 from service.settings import Settings
 
 log = logging.getLogger("bench.photo_sizes")
@@ -55,8 +55,17 @@ log = logging.getLogger("bench.photo_sizes")
 RSS_POLL_S = 0.2
 COUNTER = f"{PREFIX}_request_duration_seconds_count"  # by route and status, written by the service's middleware
 MB = 1e6
-READYZ_KEYS = ("model_version", "execution_provider", "tiling", "max_window_pixels", "working_bytes_per_pixel",
-               "seconds_per_megapixel", "memory_budget_bytes", "max_batch_pixels", "example_plans")
+READYZ_KEYS = (
+    "model_version",
+    "execution_provider",
+    "tiling",
+    "max_window_pixels",
+    "working_bytes_per_pixel",
+    "seconds_per_megapixel",
+    "memory_budget_bytes",
+    "max_batch_pixels",
+    "example_plans",
+)
 
 
 @dataclass(frozen=True)
@@ -70,10 +79,16 @@ class PhotoSizesConfig:
     counter_settle_s: float = 5.0  # how long to wait for the server's metrics to count the last responses
 
     @classmethod
-    def preset(cls, quick: bool) -> "PhotoSizesConfig":
+    def preset(cls, quick: bool) -> PhotoSizesConfig:
         if quick:
-            return cls(reference=(240, 160), sizes=((320, 240), (960, 540), (2000, 1500)), burst=12, flood=24,
-                       client_timeout_s=120.0, startup_timeout_s=120.0)
+            return cls(
+                reference=(240, 160),
+                sizes=((320, 240), (960, 540), (2000, 1500)),
+                burst=12,
+                flood=24,
+                client_timeout_s=120.0,
+                startup_timeout_s=120.0,
+            )
         return cls()
 
     @property
@@ -112,7 +127,7 @@ class RssPoller:
             self._sample()
             self._stop.wait(self.period_s)
 
-    def start(self) -> "RssPoller":
+    def start(self) -> RssPoller:
         self._thread.start()
         return self
 
@@ -172,7 +187,7 @@ def decoded_size(data: bytes) -> Size | None:
         image = Image.open(io.BytesIO(data))
         image.load()
         return image.size
-    except Exception:  # noqa: BLE001 - any decoding failure means a broken answer
+    except Exception:
         return None
 
 
@@ -196,8 +211,9 @@ def _wait_for_counter(server: ServerProcess, before: float, expected: int, settl
         time.sleep(0.05)
 
 
-def concurrent(server: ServerProcess, size: Size, clients: int, config: PhotoSizesConfig,
-               rss: RssPoller) -> dict[str, Any]:
+def concurrent(
+    server: ServerProcess, size: Size, clients: int, config: PhotoSizesConfig, rss: RssPoller
+) -> dict[str, Any]:
     """``clients`` threads each post one photo of ``size`` at the same moment; statuses, wall time,
     Retry-After of every 503, whether every 200 is an image of the right size, and the server's count."""
     body = png(size)
@@ -224,10 +240,13 @@ def concurrent(server: ServerProcess, size: Size, clients: int, config: PhotoSiz
     statuses = Counter(reply.outcome for reply in done)
     ok = [reply for reply in done if reply.status == 200]
     refused = [reply for reply in done if reply.status == 503]
-    retry_after = [float(r.header("retry-after")) for r in refused if r.header("retry-after") is not None]
+    retry_after = [float(value) for value in (r.header("retry-after") for r in refused) if value is not None]
     wrong_size = sum(1 for reply in ok if decoded_size(reply.body) != size)
-    server_ok = round(_wait_for_counter(server, before.value(COUNTER, route="/enhance", status="200"), len(ok),
-                                  config.counter_settle_s))
+    server_ok = round(
+        _wait_for_counter(
+            server, before.value(COUNTER, route="/enhance", status="200"), len(ok), config.counter_settle_s
+        )
+    )
     after = server.metrics()
     return {
         "size": images.label(size),
@@ -238,28 +257,37 @@ def concurrent(server: ServerProcess, size: Size, clients: int, config: PhotoSiz
         "ok": len(ok),
         "ok_seconds": _spread([reply.seconds for reply in ok]),
         "refused_seconds": _spread([reply.seconds for reply in refused]),
-        "retry_after_s": {"count": len(retry_after), "min": min(retry_after, default=None),
-                          "max": max(retry_after, default=None)},
+        "retry_after_s": {
+            "count": len(retry_after),
+            "min": min(retry_after, default=None),
+            "max": max(retry_after, default=None),
+        },
         "refused_without_retry_after": len(refused) - len(retry_after),
         "error_codes": dict(Counter(code for r in done if r.status != 200 and (code := _error_code(r)))),
         "ok_wrong_size": wrong_size,
         "server_ok_count": server_ok,
-        "server_503_count": round(after.value(COUNTER, route="/enhance", status="503")
-                                  - before.value(COUNTER, route="/enhance", status="503")),
+        "server_503_count": round(
+            after.value(COUNTER, route="/enhance", status="503") - before.value(COUNTER, route="/enhance", status="503")
+        ),
         "server_ok_minus_client_ok": server_ok - len(ok),  # > 0: answered 200 by the server, never received
-        "nothing_accepted_dropped": server_ok == len(ok) and wrong_size == 0 and all(r.status is not None for r in done),
+        "nothing_accepted_dropped": server_ok == len(ok)
+        and wrong_size == 0
+        and all(r.status is not None for r in done),
         "server_peak_rss_bytes": rss.interval_peak(),
     }
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:
-    return {"min": min(values, default=None), "median": statistics.median(values) if values else None,
-            "max": max(values, default=None)}
+    return {
+        "min": min(values, default=None),
+        "median": statistics.median(values) if values else None,
+        "max": max(values, default=None),
+    }
 
 
 def one_by_one(server: ServerProcess, config: PhotoSizesConfig, rss: RssPoller) -> list[dict[str, Any]]:
     """(a): one upload per size, sequentially; per output megapixel relative to the reference size."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     with httpx.Client(base_url=server.url, timeout=config.client_timeout_s) as http:
         for size in config.all_sizes:
             body = png(size)
@@ -268,20 +296,23 @@ def one_by_one(server: ServerProcess, config: PhotoSizesConfig, rss: RssPoller) 
             reply = post(http, body)
             megapixels = images.megapixels(size)
             inference_ms = reply.header("x-inference-time-ms")
-            rows.append({
-                "size": images.label(size),
-                "megapixels": megapixels,
-                "upload_bytes": len(body),
-                "status": reply.status,
-                "error": _error_code(reply),
-                "wall_s": reply.seconds,
-                "seconds_per_output_megapixel": reply.seconds / megapixels,
-                "tile_plan": reply.header("x-tile-plan"),
-                "tile_count": int(reply.header("x-tile-count")) if reply.header("x-tile-count") else None,
-                "inference_s": float(inference_ms) / 1000 if inference_ms else None,
-                "output_size_ok": decoded_size(reply.body) == size if reply.status == 200 else None,
-                "server_peak_rss_bytes": rss.interval_peak(),
-            })
+            tile_count = reply.header("x-tile-count")
+            rows.append(
+                {
+                    "size": images.label(size),
+                    "megapixels": megapixels,
+                    "upload_bytes": len(body),
+                    "status": reply.status,
+                    "error": _error_code(reply),
+                    "wall_s": reply.seconds,
+                    "seconds_per_output_megapixel": reply.seconds / megapixels,
+                    "tile_plan": reply.header("x-tile-plan"),
+                    "tile_count": int(tile_count) if tile_count else None,
+                    "inference_s": float(inference_ms) / 1000 if inference_ms else None,
+                    "output_size_ok": decoded_size(reply.body) == size if reply.status == 200 else None,
+                    "server_peak_rss_bytes": rss.interval_peak(),
+                }
+            )
     reference = rows[0]["seconds_per_output_megapixel"] if rows[0]["status"] == 200 else None
     for row in rows:
         row["ratio_to_reference"] = row["seconds_per_output_megapixel"] / reference if reference else None
@@ -300,10 +331,16 @@ def _quick_model(scratch: Path) -> Path:
 
 def run(config: PhotoSizesConfig, model_path: Path, log_dir: Path) -> dict[str, Any]:
     env = setting_env(model_path=model_path)  # everything else at the service's defaults, as `make serve`
-    defaults = {name: Settings.model_fields[name].default
-                for name in ("queue_size", "request_timeout_s", "memory_budget_mb", "max_upload_bytes")}
-    server = ServerProcess(env, log_dir / "server.log", startup_timeout_s=config.startup_timeout_s,
-                           client_timeout_s=config.client_timeout_s)
+    defaults = {
+        name: Settings.model_fields[name].default
+        for name in ("queue_size", "request_timeout_s", "memory_budget_mb", "max_upload_bytes")
+    }
+    server = ServerProcess(
+        env,
+        log_dir / "server.log",
+        startup_timeout_s=config.startup_timeout_s,
+        client_timeout_s=config.client_timeout_s,
+    )
     started = time.perf_counter()
     with server:
         startup_s = time.perf_counter() - started
@@ -359,15 +396,36 @@ def _statuses(row: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any], caption: str) -> str:
     reference = result["sizes"][0]["size"]
     rows = [
-        [r["size"], num(r["megapixels"]), _mb(r["upload_bytes"]), r["status"] if r["status"] is not None else r["error"],
-         num(r["wall_s"]), num(r["seconds_per_output_megapixel"]), num(r["ratio_to_reference"]),
-         r["tile_plan"] or MISSING, r["tile_count"] if r["tile_count"] is not None else MISSING,
-         num(r["inference_s"]), _mb(r["server_peak_rss_bytes"])]
+        [
+            r["size"],
+            num(r["megapixels"]),
+            _mb(r["upload_bytes"]),
+            r["status"] if r["status"] is not None else r["error"],
+            num(r["wall_s"]),
+            num(r["seconds_per_output_megapixel"]),
+            num(r["ratio_to_reference"]),
+            r["tile_plan"] or MISSING,
+            r["tile_count"] if r["tile_count"] is not None else MISSING,
+            num(r["inference_s"]),
+            _mb(r["server_peak_rss_bytes"]),
+        ]
         for r in result["sizes"]
     ]
     table = markdown_table(
-        ["size", "MP", "PNG upload MB", "status", "s (wall)", "s / output MP", f"x {reference} per MP",
-         "X-Tile-Plan", "X-Tile-Count", "inference s", "server peak RSS MB"], rows,
+        [
+            "size",
+            "MP",
+            "PNG upload MB",
+            "status",
+            "s (wall)",
+            "s / output MP",
+            f"x {reference} per MP",
+            "X-Tile-Plan",
+            "X-Tile-Count",
+            "inference s",
+            "server peak RSS MB",
+        ],
+        rows,
     )
     ready = result["readyz"]
     memory = result["memory"]
@@ -391,18 +449,39 @@ def markdown(result: dict[str, Any], caption: str) -> str:
     load_rows = []
     for label, row in (("burst", result["burst"]), ("flood", result["flood"])):
         retry = row["retry_after_s"]
-        retry_text = (f"{num(retry['min'])}–{num(retry['max'])} ({retry['count']})" if retry["count"] else MISSING)
-        load_rows.append([
-            label, row["size"], row["clients"], _statuses(row), num(row["wall_s"]),
-            f"{num(row['ok_seconds']['min'])} / {num(row['ok_seconds']['median'])} / {num(row['ok_seconds']['max'])}",
-            num(row["refused_seconds"]["max"]), retry_text,
-            f"{row['ok'] - row['ok_wrong_size']} of {row['ok']}", num(row["server_ok_count"]),
-            "yes" if row["nothing_accepted_dropped"] else "NO", _mb(row["server_peak_rss_bytes"]),
-        ])
+        retry_text = f"{num(retry['min'])}–{num(retry['max'])} ({retry['count']})" if retry["count"] else MISSING
+        load_rows.append(
+            [
+                label,
+                row["size"],
+                row["clients"],
+                _statuses(row),
+                num(row["wall_s"]),
+                " / ".join(num(row["ok_seconds"][key]) for key in ("min", "median", "max")),
+                num(row["refused_seconds"]["max"]),
+                retry_text,
+                f"{row['ok'] - row['ok_wrong_size']} of {row['ok']}",
+                num(row["server_ok_count"]),
+                "yes" if row["nothing_accepted_dropped"] else "NO",
+                _mb(row["server_peak_rss_bytes"]),
+            ]
+        )
     load_table = markdown_table(
-        ["test", "size", "clients", "statuses", "wall s", "200 s min / median / max", "slowest 503 s",
-         "Retry-After s min–max (count)", "200s right size", "server 200 count", "nothing accepted dropped",
-         "server peak RSS MB"], load_rows,
+        [
+            "test",
+            "size",
+            "clients",
+            "statuses",
+            "wall s",
+            "200 s min / median / max",
+            "slowest 503 s",
+            "Retry-After s min–max (count)",
+            "200s right size",
+            "server 200 count",
+            "nothing accepted dropped",
+            "server peak RSS MB",
+        ],
+        load_rows,
     )
     defaults = result["defaults"]
     load_notes = [
@@ -410,7 +489,7 @@ def markdown(result: dict[str, Any], caption: str) -> str:
         "the start to the last answer.",
         f"Default admission: queue_size {defaults['queue_size']} requests in the service at once (more get 503 with "
         f"Retry-After), request_timeout_s {defaults['request_timeout_s']:g}. server 200 count = the change in "
-        f"`{COUNTER}{{route=\"/enhance\",status=\"200\"}}`; 'nothing accepted dropped' = it equals the 200s the "
+        f'`{COUNTER}{{route="/enhance",status="200"}}`; \'nothing accepted dropped\' = it equals the 200s the '
         "clients received, every 200 decodes to an image of the uploaded size, and every request got an HTTP answer.",
     ]
     return out + "\n" + section("Concurrent uploads at default settings", caption, load_table, load_notes)
@@ -420,10 +499,11 @@ def summary(result: dict[str, Any]) -> str:
     """A few lines for the terminal under the tables."""
     sizes = result["sizes"]
     failed = [f"{r['size']}: {r['status']} {r['error'] or ''}".strip() for r in sizes if r["status"] != 200]
-    flood = result["flood"]
+    flood, memory = result["flood"], result["memory"]
     lines = [
-        f"sizes: {len(sizes) - len(failed)} of {len(sizes)} answered 200" + (f" (not: {'; '.join(failed)})" if failed else ""),
-        f"server peak RSS {_mb(result['memory']['peak_rss_bytes'])} MB (VmHWM {_mb(result['memory']['vm_hwm_bytes'])} MB)",
+        f"sizes: {len(sizes) - len(failed)} of {len(sizes)} answered 200"
+        + (f" (not: {'; '.join(failed)})" if failed else ""),
+        f"server peak RSS {_mb(memory['peak_rss_bytes'])} MB (VmHWM {_mb(memory['vm_hwm_bytes'])} MB)",
         f"burst of {result['burst']['clients']}: {_statuses(result['burst'])} in {num(result['burst']['wall_s'])} s",
         f"flood of {flood['clients']}: {_statuses(flood)} in {num(flood['wall_s'])} s; server counted "
         f"{flood['server_ok_count']} 200s; nothing accepted dropped: {flood['nothing_accepted_dropped']}",
@@ -435,13 +515,21 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.photo_sizes", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None,
-                        help=f"ONNX model to serve (default: the bundled {BUNDLED_MODEL_PATH.relative_to(BUNDLED_MODEL_PATH.parents[2])}; "
-                        "with --quick: a tiny exported model)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny model, sizes 240x160 to 2000x1500, burst 12 and flood 24: a smoke run in seconds")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.photo_sizes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=f"ONNX model to serve (default: the bundled {BUNDLED_MODEL_PATH.relative_to(REPO_ROOT)}; "
+        "with --quick: a tiny exported model)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model, sizes 240x160 to 2000x1500, burst 12 and flood 24: a smoke run in seconds",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the server log here (default: a temp dir)")
     return parser
@@ -450,8 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run, print the tables and the summary, write --json; returns the JSON document."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     for name in ("httpx", "httpcore", "onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     config = PhotoSizesConfig.preset(args.quick)

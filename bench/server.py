@@ -42,7 +42,7 @@ class MetricsSnapshot:
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
 
     @classmethod
-    def parse(cls, text: str) -> "MetricsSnapshot":
+    def parse(cls, text: str) -> MetricsSnapshot:
         samples = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -57,7 +57,7 @@ class MetricsSnapshot:
     def names(self) -> set[str]:
         return {name for name, _ in self.samples}
 
-    def __sub__(self, earlier: "MetricsSnapshot") -> "MetricsSnapshot":
+    def __sub__(self, earlier: MetricsSnapshot) -> MetricsSnapshot:
         """Counters and histogram sums/counts over the interval between two scrapes."""
         return MetricsSnapshot({key: value - earlier.samples.get(key, 0.0) for key, value in self.samples.items()})
 
@@ -92,12 +92,15 @@ class ServerProcess:
             raise RuntimeError("the server has not been started")
         return self._process
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO_ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             self.wait_ready()
@@ -106,7 +109,7 @@ class ServerProcess:
             raise
         return self
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(

@@ -51,15 +51,31 @@ class ServiceBenchConfig:
     overhead_repeats: int = 5
 
     @classmethod
-    def preset(cls, device: str, quick: bool) -> "ServiceBenchConfig":
+    def preset(cls, device: str, quick: bool) -> ServiceBenchConfig:
         if quick:
-            return cls(device=device, model=TINY, image_size=(240, 160), concurrency=(1, 4), requests_per_client=2,
-                       min_requests=4, max_seconds=10.0, warmup_requests=1, overhead_sizes=((240, 160), (480, 320)),
-                       overhead_repeats=2)
+            return cls(
+                device=device,
+                model=TINY,
+                image_size=(240, 160),
+                concurrency=(1, 4),
+                requests_per_client=2,
+                min_requests=4,
+                max_seconds=10.0,
+                warmup_requests=1,
+                overhead_sizes=((240, 160), (480, 320)),
+                overhead_repeats=2,
+            )
         if device == "cuda":
-            return cls(device=device, requests_per_client=25, min_requests=100, max_seconds=30.0, warmup_requests=8,
-                       variants=BATCHING_OFF_ON + GPU_CANDIDATES, overhead_sizes=((600, 400), (1920, 1080), (3840, 2160)),
-                       overhead_repeats=10)
+            return cls(
+                device=device,
+                requests_per_client=25,
+                min_requests=100,
+                max_seconds=30.0,
+                warmup_requests=8,
+                variants=BATCHING_OFF_ON + GPU_CANDIDATES,
+                overhead_sizes=((600, 400), (1920, 1080), (3840, 2160)),
+                overhead_repeats=10,
+            )
         return cls(device=device, variants=BATCHING_OFF_ON + CPU_CANDIDATES)
 
     def requests_at(self, concurrency: int) -> int:
@@ -75,7 +91,8 @@ ERRORS = f"{PREFIX}_errors_total"
 RSS = "process_resident_memory_bytes"
 SAMPLES_READ = (
     *(f"{histogram}_{part}" for histogram in (BATCH_SIZE, QUEUE_WAIT, INFERENCE, REQUEST) for part in ("sum", "count")),
-    ERRORS, RSS,
+    ERRORS,
+    RSS,
 )
 ENHANCE_OK = {"route": "/enhance", "status": "200"}
 
@@ -93,7 +110,8 @@ def _interval_stats(delta: MetricsSnapshot, ok: int) -> dict[str, Any]:
         "server_mean_latency_ms": delta.value(f"{REQUEST}_sum", **ENHANCE_OK) / answered * 1000 if answered else None,
         "service_errors": {
             dict(labels).get("reason", "?"): value
-            for (name, labels), value in delta.samples.items() if name == ERRORS and value
+            for (name, labels), value in delta.samples.items()
+            if name == ERRORS and value
         },
     }
 
@@ -110,8 +128,13 @@ def _load_rows(
             run_load(server.url, body, LoadSpec(1, config.warmup_requests, config.max_seconds))
         for concurrency in config.concurrency:
             spec = LoadSpec(concurrency, config.requests_at(concurrency), config.max_seconds)
-            log.info("service %s: %d clients, up to %d requests / %.0f s", label, concurrency, spec.max_requests,
-                     spec.max_seconds)
+            log.info(
+                "service %s: %d clients, up to %d requests / %.0f s",
+                label,
+                concurrency,
+                spec.max_requests,
+                spec.max_seconds,
+            )
             before = server.metrics()
             result = run_load(server.url, body, spec)
             after = server.metrics()
@@ -167,14 +190,40 @@ def markdown(result: dict[str, Any], caption: str) -> str:
     config = result["config"]
     size = images.label(tuple(config["image_size"]))
     rows = [
-        [r["variant"], r["concurrency"], r["sent"], r["ok"], _errors(r), num(r["throughput_rps"]),
-         num(r["megapixels_per_s"]), num(r["p50_ms"]), num(r["p95_ms"]), num(r["p99_ms"]), num(r["mean_batch_size"]),
-         num(r["inference_ms_per_request"]), num(r["mean_queue_wait_ms"])]
+        [
+            r["variant"],
+            r["concurrency"],
+            r["sent"],
+            r["ok"],
+            _errors(r),
+            num(r["throughput_rps"]),
+            num(r["megapixels_per_s"]),
+            num(r["p50_ms"]),
+            num(r["p95_ms"]),
+            num(r["p99_ms"]),
+            num(r["mean_batch_size"]),
+            num(r["inference_ms_per_request"]),
+            num(r["mean_queue_wait_ms"]),
+        ]
         for r in result["results"]
     ]
     load_table = markdown_table(
-        ["service", "clients", "sent", "ok", "errors", "images/s", "MP/s", "p50 ms", "p95 ms", "p99 ms", "mean batch",
-         "model ms / image", "queue wait ms"], rows,
+        [
+            "service",
+            "clients",
+            "sent",
+            "ok",
+            "errors",
+            "images/s",
+            "MP/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "mean batch",
+            "model ms / image",
+            "queue wait ms",
+        ],
+        rows,
     )
     ready = next(iter(result["servers"].values()))["readyz"]
     load_notes = [
@@ -189,12 +238,21 @@ def markdown(result: dict[str, Any], caption: str) -> str:
     ]
     out = section(f"Service under load ({size} JPEG)", caption, load_table, load_notes)
     overhead_rows = [
-        [r["size"], r["tiles"], num(r["decode_ms"]), num(r["tiling_ms"]), num(r["inference_ms"]), num(r["encode_ms"]),
-         num(r["total_ms"]), num(100 * r["overhead_fraction"], 2)]
+        [
+            r["size"],
+            r["tiles"],
+            num(r["decode_ms"]),
+            num(r["tiling_ms"]),
+            num(r["inference_ms"]),
+            num(r["encode_ms"]),
+            num(r["total_ms"]),
+            num(100 * r["overhead_fraction"], 2),
+        ]
         for r in result["overhead"]
     ]
     overhead_table = markdown_table(
-        ["size", "tiles", "decode ms", "tiling ms", "inference ms", "encode ms", "total ms", "not model %"], overhead_rows
+        ["size", "tiles", "decode ms", "tiling ms", "inference ms", "encode ms", "total ms", "not model %"],
+        overhead_rows,
     )
     first = result["results"][0] if result["results"] else None
     http_note = []
@@ -204,8 +262,11 @@ def markdown(result: dict[str, Any], caption: str) -> str:
         http_note = [
             f"Over HTTP at 1 client ({first['variant']}) the median request took {num(first['p50_ms'])} ms against "
             f"{num(whole['total_ms'])} ms for the stages above: "
-            + (f"{num(gap)} ms of HTTP, multipart parsing, admission, batcher and thread hand-offs." if gap > 0
-               else "the difference is within run-to-run noise.")
+            + (
+                f"{num(gap)} ms of HTTP, multipart parsing, admission, batcher and thread hand-offs."
+                if gap > 0
+                else "the difference is within run-to-run noise."
+            )
         ]
     overhead_notes = [
         "The service's own modules in pipeline order, no HTTP, one request at a time; median of "

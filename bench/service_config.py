@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
+
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from service.settings import CPU_PROVIDER, CUDA_PROVIDER, ENV_PREFIX, Settings, env_name
 
@@ -33,9 +36,14 @@ class _ExplicitSettings(Settings):
     """Settings from the given values only (environment and dotenv are not read)."""
 
     @classmethod
-    def settings_customise_sources(  # type: ignore[override]
-        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-    ):
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
 
 
@@ -48,8 +56,10 @@ def providers_for(device: str) -> str:
 
 def setting_env(**settings: object) -> dict[str, str]:
     """FRLIE_* variables for settings given by field name (``tile_size=512``, ``batching=False``)."""
-    return {env_name(name): str(value).lower() if isinstance(value, bool) else str(value)
-            for name, value in settings.items()}
+    return {
+        env_name(name): str(value).lower() if isinstance(value, bool) else str(value)
+        for name, value in settings.items()
+    }
 
 
 def service_env(model_path: Path, device: str, **overrides: object) -> dict[str, str]:
@@ -72,5 +82,7 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 def settings_from(env: Mapping[str, str]) -> Settings:
     """The Settings the service would build from exactly these variables."""
-    values = {name.removeprefix(ENV_PREFIX).lower(): value for name, value in env.items() if name.startswith(ENV_PREFIX)}
-    return _ExplicitSettings(**values)
+    values = {
+        name.removeprefix(ENV_PREFIX).lower(): value for name, value in env.items() if name.startswith(ENV_PREFIX)
+    }
+    return _ExplicitSettings(**cast(dict[str, Any], values))

@@ -64,14 +64,26 @@ class TilingBenchConfig:
     memory_budget_mb: int | None = None
 
     @classmethod
-    def preset(cls, device: str, quick: bool) -> "TilingBenchConfig":
+    def preset(cls, device: str, quick: bool) -> TilingBenchConfig:
         if quick:
-            return cls(device=device, series=(Series(TINY, ((240, 160), (480, 320), (1280, 960))),), sweep_model=TINY,
-                       sweep_size=(480, 320), tile_sizes=(128,), max_case_s=30.0, case_timeout_s=120.0,
-                       memory_budget_mb=64)
+            return cls(
+                device=device,
+                series=(Series(TINY, ((240, 160), (480, 320), (1280, 960))),),
+                sweep_model=TINY,
+                sweep_size=(480, 320),
+                tile_sizes=(128,),
+                max_case_s=30.0,
+                case_timeout_s=120.0,
+                memory_budget_mb=64,
+            )
         if device == "cuda":
-            return cls(device=device, series=(Series(BUNDLED, ((1920, 1080), (3840, 2160), (6000, 4000))),),
-                       sweep_size=(3840, 2160), repeats=3, max_case_s=120.0)
+            return cls(
+                device=device,
+                series=(Series(BUNDLED, ((1920, 1080), (3840, 2160), (6000, 4000))),),
+                sweep_size=(3840, 2160),
+                repeats=3,
+                max_case_s=120.0,
+            )
         return cls(device=device)
 
 
@@ -111,17 +123,29 @@ class _Runner:
         cost_aware = mode == "tiled" and tile_size is None and self.config.device == "cpu"
         runs = self.config.repeats + (1 if mode == "whole" or cost_aware else 0)  # + the untimed first run
         seconds, extra = _predict(previous, size, runs)
-        row: dict[str, Any] = {"model": model, "size": images.label(size), "pixels": size[0] * size[1],
-                               "megapixels": images.megapixels(size), "requested_tile_size": tile_size}
+        row: dict[str, Any] = {
+            "model": model,
+            "size": images.label(size),
+            "pixels": size[0] * size[1],
+            "megapixels": images.megapixels(size),
+            "requested_tile_size": tile_size,
+        }
         reason = _skip_reason(self.config, mode, seconds, extra)
         if reason:
             row.update(mode=mode, skipped=reason)
         else:
             model_file = self.store.resolve(model)
             log.info("tiling %s %s %s (tile %s)", model_file.label, images.label(size), mode, tile_size or "default")
-            kwargs = {"model_path": str(model_file.path), "device": self.config.device, "width": size[0],
-                      "height": size[1], "mode": mode, "tile_size": tile_size, "repeats": self.config.repeats,
-                      "memory_budget_mb": self.config.memory_budget_mb}
+            kwargs = {
+                "model_path": str(model_file.path),
+                "device": self.config.device,
+                "width": size[0],
+                "height": size[1],
+                "mode": mode,
+                "tile_size": tile_size,
+                "repeats": self.config.repeats,
+                "memory_budget_mb": self.config.memory_budget_mb,
+            }
             row.update(mode=mode, model_label=model_file.label)
             row.update(run_isolated(CASE, kwargs, self.config.case_timeout_s))
         self._done[key] = row
@@ -163,8 +187,14 @@ def run(config: TilingBenchConfig, store: ModelStore) -> dict[str, Any]:
         previous = None
         for tile_size in [None, *_sweep_tile_sizes(config)]:
             row = runner.case(config.sweep_model, config.sweep_size, "tiled", tile_size, previous)
-            sweep.append({**row, "tile_size": tile_size, "service_default": tile_size is None,
-                          "old_fixed_default": tile_size == OLD_FIXED_TILE_SIZE})
+            sweep.append(
+                {
+                    **row,
+                    "tile_size": tile_size,
+                    "service_default": tile_size is None,
+                    "old_fixed_default": tile_size == OLD_FIXED_TILE_SIZE,
+                }
+            )
             previous = row if "median_s" in row else previous
         default = sweep[0].get("median_s")
         for row in sweep:
@@ -216,21 +246,46 @@ def _tiling_label(row: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any], caption: str) -> str:
     rows = [
-        [r.get("model_label", r["model"]), r["size"], num(r["megapixels"]), r["mode"], _plan(r),
-         num(r.get("computed_pixel_ratio")), num(r.get("median_s")), _s_per_mp(r), _mb(r, "peak_rss_bytes"),
-         num((r["peak_rss_bytes"] - r["base_rss_bytes"]) / MB) if "peak_rss_bytes" in r else MISSING,
-         num(None if r["tiling_time_overhead"] is None else 100 * r["tiling_time_overhead"], 2), _status(r)]
+        [
+            r.get("model_label", r["model"]),
+            r["size"],
+            num(r["megapixels"]),
+            r["mode"],
+            _plan(r),
+            num(r.get("computed_pixel_ratio")),
+            num(r.get("median_s")),
+            _s_per_mp(r),
+            _mb(r, "peak_rss_bytes"),
+            num((r["peak_rss_bytes"] - r["base_rss_bytes"]) / MB) if "peak_rss_bytes" in r else MISSING,
+            num(None if r["tiling_time_overhead"] is None else 100 * r["tiling_time_overhead"], 2),
+            _status(r),
+        ]
         for r in result["results"]
     ]
     table = markdown_table(
-        ["model", "size", "MP", "mode", "plan (rows x cols windows of h x w)", "computed / image pixels",
-         "s / image", "s / output MP", "peak RSS MB", "RSS above loaded model MB", "tiling time overhead %", "note"],
+        [
+            "model",
+            "size",
+            "MP",
+            "mode",
+            "plan (rows x cols windows of h x w)",
+            "computed / image pixels",
+            "s / image",
+            "s / output MP",
+            "peak RSS MB",
+            "RSS above loaded model MB",
+            "tiling time overhead %",
+            "note",
+        ],
         rows,
     )
     config = result["config"]
     budget = config.get("memory_budget_mb")
-    budget_note = (f" Memory budget for this run: FRLIE_MEMORY_BUDGET_MB={budget} (lowered so small images are "
-                   "still split)." if budget else "")
+    budget_note = (
+        f" Memory budget for this run: FRLIE_MEMORY_BUDGET_MB={budget} (lowered so small images are still split)."
+        if budget
+        else ""
+    )
     notes = [
         *(f"`{spec}`: {description}" for spec, description in result["models"].items()),
         "Each case in a fresh process through the service's Pipeline (batcher, tile extraction, stitching), warmed up "
@@ -238,7 +293,8 @@ def markdown(result: dict[str, Any], caption: str) -> str:
         "(model, input and output images included); 'above loaded model' subtracts the RSS after the session was "
         "created and the input image existed.",
         "Tiled = the service default: on the CPU cost-aware windows (the plan computing the fewest pixels within "
-        "FRLIE_MEMORY_BUDGET_MB, whole when the image fits), on a GPU fixed 256 px tiles." + budget_note
+        "FRLIE_MEMORY_BUDGET_MB, whole when the image fits), on a GPU fixed 256 px tiles."
+        + budget_note
         + " Whole = one ORT call on the whole (padded) image. Overhead = tiled / whole - 1 at the same size. "
         "computed / image pixels = model-input pixels (windows x window area) per output pixel. Cases whose predicted "
         "time or memory (scaled from the previous size) exceeds the caps "
@@ -248,20 +304,40 @@ def markdown(result: dict[str, Any], caption: str) -> str:
     sweep = result["tile_size_sweep"]
     if sweep:
         sweep_rows = [
-            [_tiling_label(r), _plan(r), num(r.get("computed_pixel_ratio")), num(r.get("median_s")), _s_per_mp(r),
-             num(r.get("speedup_vs_default")), _mb(r, "peak_rss_bytes"), _status(r)]
+            [
+                _tiling_label(r),
+                _plan(r),
+                num(r.get("computed_pixel_ratio")),
+                num(r.get("median_s")),
+                _s_per_mp(r),
+                num(r.get("speedup_vs_default")),
+                _mb(r, "peak_rss_bytes"),
+                _status(r),
+            ]
             for r in sweep
         ]
         sweep_table = markdown_table(
-            ["tiling", "plan (rows x cols windows of h x w)", "computed / image pixels", "s / image", "s / output MP",
-             "x vs default", "peak RSS MB", "note"],
+            [
+                "tiling",
+                "plan (rows x cols windows of h x w)",
+                "computed / image pixels",
+                "s / image",
+                "s / output MP",
+                "x vs default",
+                "peak RSS MB",
+                "note",
+            ],
             sweep_rows,
         )
         title = f"Tile size ({sweep[0].get('model_label', sweep[0]['model'])} model, {sweep[0]['size']})"
         out += "\n" + section(
-            title, caption, sweep_table,
-            ["computed / image pixels: model-input pixels (cores + halos) per output pixel, the work tiling adds. "
-             f"{OLD_FIXED_TILE_SIZE} fixed (old default): the fixed tiles the service used on every device before "
-             "cost-aware planning (still the GPU default). x vs default > 1: faster than the service default."],
+            title,
+            caption,
+            sweep_table,
+            [
+                "computed / image pixels: model-input pixels (cores + halos) per output pixel, the work tiling adds. "
+                f"{OLD_FIXED_TILE_SIZE} fixed (old default): the fixed tiles the service used on every device before "
+                "cost-aware planning (still the GPU default). x vs default > 1: faster than the service default."
+            ],
         )
     return out

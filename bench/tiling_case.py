@@ -15,8 +15,8 @@ import numpy as np
 
 from bench.images import dark_photo
 from bench.service_config import check_provider, service_env, settings_from
-from service.memory import current_rss_bytes, reset_peak_rss, return_freed_buffers_to_the_os
 from service.engine import Engine
+from service.memory import current_rss_bytes, reset_peak_rss, return_freed_buffers_to_the_os
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings

@@ -33,7 +33,7 @@ class FRLIEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FRLIEConfig":
+    def from_dict(cls, data: dict) -> FRLIEConfig:
         return cls(**{k: data[k] for k in ("width", "fr_blocks", "upsample") if k in data})
 
     @property

@@ -30,9 +30,7 @@ class Cost:
 class Admission:
     """Counts admitted requests and their cost; used from the event loop only, so no lock is needed."""
 
-    def __init__(
-        self, capacity: int, max_pixels: int, deadline_s: float, retry_after_s: int, inflight: Gauge
-    ) -> None:
+    def __init__(self, capacity: int, max_pixels: int, deadline_s: float, retry_after_s: int, inflight: Gauge) -> None:
         self.capacity = capacity
         self.max_pixels = max_pixels
         self.deadline_s = deadline_s

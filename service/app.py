@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal, TypeVar
@@ -73,7 +73,9 @@ class ErrorBody(BaseModel):
     detail: Any
 
 
-def _error_response(status: int, code: str, detail: Any, metrics: Metrics, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error_response(
+    status: int, code: str, detail: Any, metrics: Metrics, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     metrics.errors.labels(code).inc()
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
@@ -84,8 +86,13 @@ class ServiceState:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.admission = Admission(settings.queue_size, settings.max_queued_pixels, settings.request_timeout_s,
-                                   settings.retry_after_s, metrics.inflight_requests)
+        self.admission = Admission(
+            settings.queue_size,
+            settings.max_queued_pixels,
+            settings.request_timeout_s,
+            settings.retry_after_s,
+            metrics.inflight_requests,
+        )
         self.pipeline: Pipeline | None = None
         self.load_error: str | None = None
 
@@ -153,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     state = ServiceState(settings, metrics)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(state.load(), name="frlie-model-load")
         try:
             yield
@@ -168,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_package_version(),
         description="Low-light image enhancement (FRLIE) on ONNX Runtime. Upload a dark photo to "
         "`POST /enhance`; large images are processed in exact, seamless tiles and concurrent requests "
-        "share batched model calls. Errors are JSON `{\"error\": code, \"detail\": ...}`.",
+        'share batched model calls. Errors are JSON `{"error": code, "detail": ...}`.',
         lifespan=lifespan,
     )
     app.state.service = state
@@ -207,24 +214,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request: Request,
         image: Annotated[
             UploadFile,
-            File(description="JPEG, PNG, WebP, BMP or TIFF image (multipart field `image`).",
-                 json_schema_extra={"minLength": 1}),
+            File(
+                description="JPEG, PNG, WebP, BMP or TIFF image (multipart field `image`).",
+                json_schema_extra={"minLength": 1},
+            ),
         ],
         format_field: Annotated[
-            OutputFormat | SkipJsonSchema[None], Form(alias="format", description="Output encoding; default PNG, or JPEG for JPEG input.")
+            OutputFormat | SkipJsonSchema[None],
+            Form(alias="format", description="Output encoding; default PNG, or JPEG for JPEG input."),
         ] = None,
         quality_field: Annotated[
             Quality | SkipJsonSchema[None], Form(alias="quality", description="JPEG/WebP quality (1-100).")
         ] = None,
         format_query: Annotated[
-            OutputFormat | SkipJsonSchema[None], Query(alias="format", description="Same as the form field (the form field wins).")
+            OutputFormat | SkipJsonSchema[None],
+            Query(alias="format", description="Same as the form field (the form field wins)."),
         ] = None,
         quality_query: Annotated[
-            Quality | SkipJsonSchema[None], Query(alias="quality", description="Same as the form field (the form field wins).")
+            Quality | SkipJsonSchema[None],
+            Query(alias="quality", description="Same as the form field (the form field wins)."),
         ] = None,
-        strength_field: Annotated[StrengthParameter | SkipJsonSchema[None], Form(alias="strength", description=STRENGTH_HELP)] = None,
+        strength_field: Annotated[
+            StrengthParameter | SkipJsonSchema[None], Form(alias="strength", description=STRENGTH_HELP)
+        ] = None,
         strength_query: Annotated[
-            StrengthParameter | SkipJsonSchema[None], Query(alias="strength", description="Same as the form field (the form field wins).")
+            StrengthParameter | SkipJsonSchema[None],
+            Query(alias="strength", description="Same as the form field (the form field wins)."),
         ] = None,
     ) -> Response:
         pipeline = state.ready_pipeline()
@@ -233,8 +248,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise PayloadTooLarge(f"the image is {image.size} bytes; the limit is {settings.max_upload_bytes}")
             data = await image.read()
             strength = next((value for value in (strength_field, strength_query) if value is not None), AUTO)
-            work = pipeline.process(data, format_field or format_query, quality_field or quality_query, strength,
-                                    admit=state.admission.work)
+            work = pipeline.process(
+                data, format_field or format_query, quality_field or quality_query, strength, admit=state.admission.work
+            )
             try:
                 async with asyncio.timeout(settings.request_timeout_s):
                     result = await _unless_disconnected(request, work)
@@ -262,8 +278,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def readyz() -> dict[str, Any]:
         pipeline = state.ready_pipeline()
-        return {"status": "ready", **pipeline.engine.describe(), "queued_seconds": state.admission.queued_seconds,
-                "settings": settings.public_view()}
+        return {
+            "status": "ready",
+            **pipeline.engine.describe(),
+            "queued_seconds": state.admission.queued_seconds,
+            "settings": settings.public_view(),
+        }
 
     @app.get("/metrics", summary="Prometheus metrics (text format)", tags=["operations"], response_class=Response)
     async def prometheus_metrics() -> Response:

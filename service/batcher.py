@@ -182,13 +182,13 @@ class Batcher:
         shape = batch[0].shape
         rows = self._batch_limit(*shape[1:]) if self._pad_batches else len(batch)
         inputs = np.zeros((rows, *shape), dtype=np.float32)
-        for slot, item in zip(inputs, batch):
+        for slot, item in zip(inputs, batch, strict=False):
             item.fill(slot)
         started = time.perf_counter()
         outputs = self._run_batch(inputs)
         seconds = time.perf_counter() - started
         del inputs
-        for result, item in zip(outputs, batch):
+        for result, item in zip(outputs, batch, strict=False):
             item.store(result)
         self._metrics.inference_duration.observe(seconds)
         self._metrics.batch_size.observe(len(batch))

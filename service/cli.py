@@ -143,17 +143,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.set_defaults(func=serve)
 
     enhance_parser = commands.add_parser("enhance", help="enhance image files or folders without HTTP")
-    enhance_parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
+    enhance_parser.add_argument(
+        "inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)"
+    )
     enhance_parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     enhance_parser.add_argument(
-        "--format", type=OutputFormat, choices=list(OutputFormat), default=None, metavar="{png,jpeg,webp}",
+        "--format",
+        type=OutputFormat,
+        choices=list(OutputFormat),
+        default=None,
+        metavar="{png,jpeg,webp}",
         help="output encoding (default: PNG, or JPEG for JPEG input)",
     )
     enhance_parser.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100", default=None)
-    enhance_parser.add_argument("--jobs", type=int, choices=range(1, 65), metavar="N", default=2,
-                                help="files processed at once, so their tiles can share batches (default 2)")
     enhance_parser.add_argument(
-        "--strength", type=parse_strength, default=AUTO, metavar="auto|0-1",
+        "--jobs",
+        type=int,
+        choices=range(1, 65),
+        metavar="N",
+        default=2,
+        help="files processed at once, so their tiles can share batches (default 2)",
+    )
+    enhance_parser.add_argument(
+        "--strength",
+        type=parse_strength,
+        default=AUTO,
+        metavar="auto|0-1",
         help="'auto' (default: full for dark photos, less for bright ones) or 0 (unchanged) to 1 (model output)",
     )
     enhance_parser.set_defaults(func=enhance)

@@ -44,10 +44,7 @@ def missing_model_message(path: Path) -> str:
 
 def _provider_list(settings: Settings) -> list[str | tuple[str, dict[str, object]]]:
     """Providers as ORT wants them, with the device id for the GPU ones."""
-    return [
-        (name, {"device_id": settings.device_id}) if name in GPU_PROVIDERS else name
-        for name in settings.providers
-    ]
+    return [(name, {"device_id": settings.device_id}) if name in GPU_PROVIDERS else name for name in settings.providers]
 
 
 class Engine:
@@ -74,7 +71,9 @@ class Engine:
 
         metadata = self.session.get_modelmeta().custom_metadata_map
         if contract.RECEPTIVE_RADIUS not in metadata:
-            raise ModelFileError(f"{path} has no {contract.RECEPTIVE_RADIUS} metadata; export it with `python -m training export`")
+            raise ModelFileError(
+                f"{path} has no {contract.RECEPTIVE_RADIUS} metadata; export it with `python -m training export`"
+            )
         self.metadata = dict(metadata)
         self.model_version = metadata.get(contract.MODEL_VERSION, contract.UNVERSIONED)
         self.receptive_radius = int(metadata[contract.RECEPTIVE_RADIUS])
@@ -119,12 +118,15 @@ class Engine:
         # thread) lowers the measured growth, never raises it: collect first and keep the larger
         # of two measurements.
         gc.collect()
-        growths = []
+        growths: list[int | None] = []
+        seconds = 0.0
         for _ in range(PROBE_REPEATS):
             started = time.perf_counter()
             growths.append(measure_peak_growth(lambda: self.run(probe)))
-            self.seconds_per_pixel = (time.perf_counter() - started) / (height * width)
-        growth = None if None in growths else max(g for g in growths if g is not None)
+            seconds = time.perf_counter() - started
+        self.seconds_per_pixel = seconds / (height * width)
+        measured = [g for g in growths if g is not None]
+        growth = max(measured) if len(measured) == len(growths) else None
         # Less than the probe's own input and output buffers means the measurement saw nothing.
         if growth is None or growth < 2 * probe.nbytes:
             log.warning("peak memory cannot be measured here: tiles stay at %s", self.tile_shape)
@@ -133,8 +135,12 @@ class Engine:
         self.working_bytes_per_pixel = max(1.0, growth / (height * width))
         budget_pixels = int(self.memory_budget_bytes / self.working_bytes_per_pixel)
         self.max_window_pixels = max(budget_pixels, self.tile_shape[0] * self.tile_shape[1])
-        log.info("measured %.0f bytes and %.2f us per pixel: windows up to %.2f MP",
-                 self.working_bytes_per_pixel, self.seconds_per_pixel * 1e6, self.max_window_pixels / 1e6)
+        log.info(
+            "measured %.0f bytes and %.2f us per pixel: windows up to %.2f MP",
+            self.working_bytes_per_pixel,
+            seconds / (height * width) * 1e6,
+            self.max_window_pixels / 1e6,
+        )
 
     @property
     def provider(self) -> str:
@@ -145,7 +151,10 @@ class Engine:
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [contract.INPUT_NAME] or contract.OUTPUT_NAME not in outputs:
-            raise ModelFileError(f"model has inputs {inputs} and outputs {outputs}; expected {contract.INPUT_NAME!r} -> {contract.OUTPUT_NAME!r}")
+            raise ModelFileError(
+                f"model has inputs {inputs} and outputs {outputs}; "
+                f"expected {contract.INPUT_NAME!r} -> {contract.OUTPUT_NAME!r}"
+            )
 
     def batch_limit(self, height: int, width: int) -> int:
         """Most items of this size in one ORT call: max_batch_size, fewer if they would pass max_batch_pixels."""
@@ -157,8 +166,13 @@ class Engine:
         """How an image of this size is cut into model inputs: the cheapest windows within the memory
         budget (whole if it fits), or fixed tiles (whole if no bigger than one tile)."""
         if self.cost_aware:
-            return plan_within_budget(height, width, max_window_pixels=self.max_window_pixels,
-                                      receptive_radius=self.receptive_radius, multiple=self.size_multiple)
+            return plan_within_budget(
+                height,
+                width,
+                max_window_pixels=self.max_window_pixels,
+                receptive_radius=self.receptive_radius,
+                multiple=self.size_multiple,
+            )
         return plan_tiles(
             height, width, core=self.tile_core, receptive_radius=self.receptive_radius, multiple=self.size_multiple
         )
@@ -171,7 +185,7 @@ class Engine:
         """One ORT call on N x 3 x H x W float32; blocking, so callers run it in a worker thread."""
         started = time.perf_counter()
         if not self.use_io_binding:
-            output = self.session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})[0]
+            output: np.ndarray = self.session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})[0]
         else:
             # ORT copies the input to the device and the result straight into our host buffer.
             output = np.empty_like(batch)
@@ -188,8 +202,8 @@ class Engine:
             return
         latest = seconds / pixels
         previous = self.seconds_per_pixel
-        self.seconds_per_pixel = latest if previous is None else (
-            (1 - THROUGHPUT_SMOOTHING) * previous + THROUGHPUT_SMOOTHING * latest
+        self.seconds_per_pixel = (
+            latest if previous is None else ((1 - THROUGHPUT_SMOOTHING) * previous + THROUGHPUT_SMOOTHING * latest)
         )
 
     def warm_up(self) -> float:

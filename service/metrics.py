@@ -25,37 +25,56 @@ class Metrics:
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes etc.
         r = self.registry
         self.request_duration = Histogram(
-            f"{PREFIX}_request_duration_seconds", "HTTP request latency by route template and status code.",
-            ["route", "status"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_request_duration_seconds",
+            "HTTP request latency by route template and status code.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
-            f"{PREFIX}_queue_wait_seconds", "Time a tile or image waited in the batcher before its ORT call started.",
-            buckets=STAGE_BUCKETS, registry=r,
+            f"{PREFIX}_queue_wait_seconds",
+            "Time a tile or image waited in the batcher before its ORT call started.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
         )
         self.inference_duration = Histogram(
-            f"{PREFIX}_inference_duration_seconds", "Duration of one ONNX Runtime call (one batch).",
-            buckets=STAGE_BUCKETS, registry=r,
+            f"{PREFIX}_inference_duration_seconds",
+            "Duration of one ONNX Runtime call (one batch).",
+            buckets=STAGE_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            f"{PREFIX}_batch_size", "Tiles or images carried by one ORT call (before fixed-shape padding).",
-            buckets=BATCH_SIZE_BUCKETS, registry=r,
+            f"{PREFIX}_batch_size",
+            "Tiles or images carried by one ORT call (before fixed-shape padding).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.tiles_per_request = Histogram(
-            f"{PREFIX}_tiles_per_request", "Model inputs one image was cut into (1 = ran whole).",
-            buckets=TILE_COUNT_BUCKETS, registry=r,
+            f"{PREFIX}_tiles_per_request",
+            "Model inputs one image was cut into (1 = ran whole).",
+            buckets=TILE_COUNT_BUCKETS,
+            registry=r,
         )
         self.pixels_processed = Counter(
-            f"{PREFIX}_processed_pixels", "Pixels of enhanced output produced (rate() / 1e6 = megapixels per second).",
+            f"{PREFIX}_processed_pixels",
+            "Pixels of enhanced output produced (rate() / 1e6 = megapixels per second).",
             registry=r,
         )
         self.inflight_requests = Gauge(
-            f"{PREFIX}_inflight_requests", "Enhance requests admitted and not yet answered.", registry=r,
+            f"{PREFIX}_inflight_requests",
+            "Enhance requests admitted and not yet answered.",
+            registry=r,
         )
         self.queue_depth = Gauge(
-            f"{PREFIX}_queue_depth", "Tiles or images waiting in the batcher for an ORT call.", registry=r,
+            f"{PREFIX}_queue_depth",
+            "Tiles or images waiting in the batcher for an ORT call.",
+            registry=r,
         )
         self.errors = Counter(
-            f"{PREFIX}_errors", "Failed requests by reason (the error code of the answer).", ["reason"], registry=r,
+            f"{PREFIX}_errors",
+            "Failed requests by reason (the error code of the answer).",
+            ["reason"],
+            registry=r,
         )
         self.model_info = Info(f"{PREFIX}_model", "The loaded model and the execution provider running it.", registry=r)
 

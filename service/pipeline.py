@@ -71,7 +71,7 @@ class Pipeline:
         """Enhance H x W x 3 (uint8, or float32 in [0, 1]); uint8 output is rounded, float is raw."""
         height, width = image.shape[:2]
         plan = self.engine.plan(height, width)
-        output = np.empty((height, width, 3), dtype=out_dtype)
+        output: np.ndarray = np.empty((height, width, 3), dtype=out_dtype)
         shape = (3, *plan.window_shape)
         # Two batches' worth of tiles in the batcher keeps the model busy while finished ones are
         # replaced, and bounds memory no matter how large the image is.
@@ -92,7 +92,9 @@ class Pipeline:
                 future.cancel()
         self.metrics.tiles_per_request.observe(len(plan.tiles))
         self.metrics.pixels_processed.inc(height * width)
-        return Enhancement(output, len(plan.tiles), sum(report.inference_seconds for report in reports), plan.describe())
+        return Enhancement(
+            output, len(plan.tiles), sum(report.inference_seconds for report in reports), plan.describe()
+        )
 
     def cost(self, height: int, width: int) -> Cost:
         """What enhancing an image of this size will take, from its plan and the measured throughput."""

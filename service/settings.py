@@ -49,40 +49,52 @@ class Settings(BaseSettings):
         0, ge=0, description="Threads ORT uses inside one operator; 0 lets ORT pick (one per physical core)."
     )
     inference_workers: int = Field(
-        1, ge=1, le=16, description="ORT calls allowed to run at once. 1 is best on CPU (intra-op threads "
+        1,
+        ge=1,
+        le=16,
+        description="ORT calls allowed to run at once. 1 is best on CPU (intra-op threads "
         "already use every core); 2 can hide host/device copies on a GPU.",
     )
     io_binding: bool | None = Field(
-        None, description="Bind inputs/outputs with ORT IOBinding (ORT writes straight into the output "
+        None,
+        description="Bind inputs/outputs with ORT IOBinding (ORT writes straight into the output "
         "buffer). Unset: on when CUDA is the active provider.",
     )
     fixed_batch_shapes: bool | None = Field(
-        None, description="Pad every batch to its size limit so the device only ever sees the warmed-up "
+        None,
+        description="Pad every batch to its size limit so the device only ever sees the warmed-up "
         "shapes (no re-planning or cuDNN algorithm search at request time). Unset: on when CUDA is active.",
     )
 
     # --- tiling ----------------------------------------------------------------------------
     tile_size: int | None = Field(
-        None, ge=4, description="Fixed tiles: output pixels per tile side (the tile core). The model input "
+        None,
+        ge=4,
+        description="Fixed tiles: output pixels per tile side (the tile core). The model input "
         "tile is this plus a halo on each side of at least the model's receptive radius (148 px for the "
         "4-block model, so 552 x 552 at 256). Unset: on the CPU each image gets the windows that compute "
         "the fewest pixels within FRLIE_MEMORY_BUDGET_MB (whole when it fits); on a GPU fixed 256 px tiles, "
         "so batching and cuDNN's algorithm cache see one shape.",
     )
     memory_budget_mb: int = Field(
-        1800, ge=64, description="Working memory one ORT call may use on the CPU (MiB). Windows are sized "
+        1800,
+        ge=64,
+        description="Working memory one ORT call may use on the CPU (MiB). Windows are sized "
         "from it and the model's bytes per pixel, measured at start-up (about 1000 for the 4-block model, "
         "so windows up to ~1.9 MP); the default keeps a 24 MP upload under ~2.5 GB of process memory.",
     )
 
     # --- batching and queueing -------------------------------------------------------------
     batching: bool = Field(
-        True, description="Combine same-shape work (tiles, or whole images of one size) from concurrent "
+        True,
+        description="Combine same-shape work (tiles, or whole images of one size) from concurrent "
         "requests into one ORT call. Off: every tile or image runs alone (for measuring the effect).",
     )
     max_batch_size: int = Field(4, ge=1, le=64, description="Most tiles or images in one ORT call.")
     max_batch_pixels: int | None = Field(
-        None, ge=1, description="Most pixels in one ORT call, which bounds ORT's working memory (on CPU about "
+        None,
+        ge=1,
+        description="Most pixels in one ORT call, which bounds ORT's working memory (on CPU about "
         "1 GB per megapixel for the 4-block model). Unset: one tile's worth on CPU (tiles run one at a time, "
         "small images still batch), no limit on a GPU.",
     )
@@ -90,43 +102,63 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1000, description="How long a partial batch waits for more same-shape work."
     )
     queue_size: int = Field(
-        32, ge=1, description="Most /enhance requests in the service at once (receiving, queued or running); "
+        32,
+        ge=1,
+        description="Most /enhance requests in the service at once (receiving, queued or running); "
         "more get 503 with Retry-After. Bounds the upload bytes held (queue_size x max_upload_bytes).",
     )
     max_queued_pixels: int = Field(
-        60_000_000, ge=1, description="Most image pixels admitted for enhancement at once (each holds its "
+        60_000_000,
+        ge=1,
+        description="Most image pixels admitted for enhancement at once (each holds its "
         "decoded input and output, ~6 bytes per pixel). A request that would pass it gets 503 with the "
         "predicted wait as Retry-After. Always admits one image when nothing else is queued.",
     )
     request_timeout_s: float = Field(
-        600.0, gt=0, description="Per-request limit for decoding, queueing, inference and encoding; 504 after. "
+        600.0,
+        gt=0,
+        description="Per-request limit for decoding, queueing, inference and encoding; 504 after. "
         "Requests whose predicted queue wait plus compute (from measured throughput) would pass it are "
         "refused at once: 503 if waiting would help, 413 if the image alone is too slow for this machine.",
     )
-    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds when no wait can be predicted "
-                               "(model still loading, or too many requests at once).")
+    retry_after_s: int = Field(
+        1,
+        ge=0,
+        description="Retry-After seconds when no wait can be predicted "
+        "(model still loading, or too many requests at once).",
+    )
 
     # --- input limits and output encoding --------------------------------------------------
     max_upload_bytes: int = Field(
         50 * 1024 * 1024, ge=1, description="Largest accepted upload (bytes); enforced while receiving."
     )
     max_pixels: int = Field(
-        50_000_000, ge=1, description="Largest accepted image (width x height), checked from the header "
+        50_000_000,
+        ge=1,
+        description="Largest accepted image (width x height), checked from the header "
         "before decoding so decompression bombs cost nothing.",
     )
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when the request names none.")
 
     # --- strength ----------------------------------------------------------------------------
     auto_strength_dark: float = Field(
-        0.3, ge=0, le=1, description="strength=auto: photos whose mean luma (0-1) is at most this get the "
-        "model's full effect.",
+        0.3,
+        ge=0,
+        le=1,
+        description="strength=auto: photos whose mean luma (0-1) is at most this get the model's full effect.",
     )
     auto_strength_bright: float = Field(
-        0.5, ge=0, le=1, description="strength=auto: photos at least this bright (mean luma) get "
+        0.5,
+        ge=0,
+        le=1,
+        description="strength=auto: photos at least this bright (mean luma) get "
         "FRLIE_AUTO_STRENGTH_FLOOR; strength falls linearly in between.",
     )
     auto_strength_floor: float = Field(
-        0.2, ge=0, le=1, description="strength=auto: the strength given to bright photos (0: returned unchanged).",
+        0.2,
+        ge=0,
+        le=1,
+        description="strength=auto: the strength given to bright photos (0: returned unchanged).",
     )
 
     # --- server ----------------------------------------------------------------------------
@@ -136,8 +168,9 @@ class Settings(BaseSettings):
         30, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    web_ui: bool = Field(True, description="Serve the web page at / (drop a photo, compare, download); "
-                         "false for API-only deployments.")
+    web_ui: bool = Field(
+        True, description="Serve the web page at / (drop a photo, compare, download); false for API-only deployments."
+    )
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -150,7 +183,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _auto_strength_is_valid(self) -> Settings:
-        self.auto_strength  # raises ValueError (a validation error) on dark >= bright
+        _ = self.auto_strength  # raises ValueError (a validation error) on dark >= bright
         return self
 
     @property

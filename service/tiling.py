@@ -14,6 +14,7 @@ is what the network needs anyway. Images with no more pixels than one window run
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,7 +94,7 @@ def _axis_spans(length: int, padded: int, window: int, core: int, halo: int, mul
     steps = (padded - window) // multiple  # window positions available, in stride units
     # Rounded even spacing: consecutive starts differ by <= core, so neighbouring cores touch.
     starts = [multiple * ((2 * i * steps + count - 1) // (2 * (count - 1))) for i in range(count)]
-    cuts = [0] + [(a + b + window) // 2 for a, b in zip(starts, starts[1:])] + [length]
+    cuts = [0] + [(a + b + window) // 2 for a, b in itertools.pairwise(starts)] + [length]
     return [Span(start, cuts[i], cuts[i + 1]) for i, start in enumerate(starts)]
 
 

@@ -78,8 +78,22 @@ def parse_setting(name: str, raw: str) -> Any:
 
 # Words that may appear bare in PromQL without being metric names.
 _PROMQL_KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-    "offset", "inf", "nan", "start", "end", "atan2",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "start",
+    "end",
+    "atan2",
 }
 _GRAFANA_VARIABLE = re.compile(r"\$\{?\w+\}?")
 
@@ -120,8 +134,11 @@ def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 def dashboard_expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """(panel title, PromQL expression) for every query target of every panel, rows included."""
-    return [(panel.get("title", "?"), target["expr"])
-            for panel in dashboard_panels(dashboard) for target in panel.get("targets", [])]
+    return [
+        (panel.get("title", "?"), target["expr"])
+        for panel in dashboard_panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
 
 
 def alert_rules() -> list[dict[str, Any]]:

@@ -119,7 +119,9 @@ def png_from_header(width: int, height: int, bit_depth: int, colour_type: int, r
     """A PNG written by hand: lets tests claim any size (bombs) or use 16-bit samples Pillow cannot write."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw_rows))
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw_rows))
         + _png_chunk(b"IEND", b"")
     )
 

@@ -55,8 +55,13 @@ def test_all_writes_json_per_benchmark_and_the_markdown_tables(quick: Path) -> N
         assert document["machine"]["cpu_model"]
         assert document["markdown"].startswith("### ")
     results = (quick / "RESULTS-cpu-quick.md").read_text()
-    for heading in ("Model: PyTorch eager vs ONNX Runtime", "Service under load", "Service overhead per request",
-                    "Tiling: time and memory", "Tile size"):
+    for heading in (
+        "Model: PyTorch eager vs ONNX Runtime",
+        "Service under load",
+        "Service overhead per request",
+        "Tiling: time and memory",
+        "Tile size",
+    ):
         assert f"### {heading}" in results
     assert "|---|" in results
     assert main(["render", "--quick", "--out", str(quick)]) == 0  # same tables again from the stored JSON
@@ -93,8 +98,16 @@ def test_service_benchmark_reports_load_batching_and_overhead(quick: Path) -> No
     ]
     for row in rows:
         assert row["ok"] == row["sent"] > 0 and row["errors"] == {}, row
-        for key in ("throughput_rps", "megapixels_per_s", "p50_ms", "p95_ms", "p99_ms", "inference_ms_per_request",
-                    "server_mean_latency_ms", "server_rss_mb"):
+        for key in (
+            "throughput_rps",
+            "megapixels_per_s",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "inference_ms_per_request",
+            "server_mean_latency_ms",
+            "server_rss_mb",
+        ):
             assert positive(row[key]), (key, row)
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["mean_batch_size"] >= 1
@@ -191,9 +204,20 @@ def test_measure_runs_at_least_min_and_at_most_max_repeats() -> None:
 
 
 def _machine(**changes: Any) -> Machine:
-    fields: dict[str, Any] = dict(cpu_model="test CPU", physical_cores=4, logical_cpus=8, usable_cpus=2, cpu_mhz=2500.0,
-                                  simd=["avx2", "avx512f"], memory_gb=16.0, gpus=[], os="linux", python="3.11",
-                                  packages={}, load_average=None)
+    fields: dict[str, Any] = dict(
+        cpu_model="test CPU",
+        physical_cores=4,
+        logical_cpus=8,
+        usable_cpus=2,
+        cpu_mhz=2500.0,
+        simd=["avx2", "avx512f"],
+        memory_gb=16.0,
+        gpus=[],
+        os="linux",
+        python="3.11",
+        packages={},
+        load_average=None,
+    )
     return Machine(**(fields | changes))
 
 

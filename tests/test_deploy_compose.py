@@ -51,7 +51,9 @@ def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     validator = require_tool("check-jsonschema", "install the dev extras (`pip install -e .[dev]`)")
     return subprocess.run(
         [validator, "--builtin-schema", "vendor.compose-spec", "--output-format", "json", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -183,9 +185,17 @@ def test_alert_rules_fire_on_synthetic_series() -> None:
 def test_every_dashboard_query_parses_in_prometheus(tmp_path: Path) -> None:
     """The dashboard's PromQL through Prometheus' own parser (as recording rules for promtool)."""
     expressions = dashboard_expressions(load_dashboard())
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{n}", "expr": grafana_to_promql(expr)} for n, (_, expr) in enumerate(expressions)
-    ]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{n}", "expr": grafana_to_promql(expr)}
+                    for n, (_, expr) in enumerate(expressions)
+                ],
+            }
+        ]
+    }
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump(rules))
     result = _promtool("check", "rules", str(path))
@@ -214,7 +224,9 @@ def test_dashboard_is_well_formed() -> None:
     for panel in panels:
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
-        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        cells = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cells & occupied, f"{panel['title']} overlaps another panel"
         occupied |= cells
         if panel["type"] == "row":
@@ -236,8 +248,14 @@ def test_dashboard_covers_what_operators_watch() -> None:
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(frlie_request_duration_seconds_bucket" in expressions
         assert f"histogram_quantile({quantile}, sum by (le) (rate(frlie_queue_wait_seconds_bucket" in expressions
-    for metric in ("frlie_batch_size_", "frlie_tiles_per_request_", "frlie_errors_total", "frlie_model_info",
-                   "frlie_queue_depth", "frlie_inflight_requests"):
+    for metric in (
+        "frlie_batch_size_",
+        "frlie_tiles_per_request_",
+        "frlie_errors_total",
+        "frlie_model_info",
+        "frlie_queue_depth",
+        "frlie_inflight_requests",
+    ):
         assert metric in expressions, metric
 
 
@@ -267,8 +285,15 @@ def test_settings_table_in_docs_lists_every_setting_with_its_default() -> None:
         assert variable in rows, f"{variable} is missing from the Settings table of docs/service.md"
         assert rows[variable] == _documented_default(name), f"{variable}: docs/service.md says {rows[variable]!r}"
     deploy = (REPO_ROOT / "docs" / "deploy.md").read_text()
-    for topic in ("NVIDIA Container Toolkit", "580", "docker compose --profile gpu", "docker compose --profile cpu",
-                  "http://localhost:3000", "http://localhost:9090", "docker/k8s"):
+    for topic in (
+        "NVIDIA Container Toolkit",
+        "580",
+        "docker compose --profile gpu",
+        "docker compose --profile cpu",
+        "http://localhost:3000",
+        "http://localhost:9090",
+        "docker/k8s",
+    ):
         assert topic in deploy, topic
 
 

@@ -17,9 +17,10 @@ from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
-from bench.server import free_port
 from deploy_helpers import DOCKER_DIR, DOCKERFILE, REPO_ROOT, require_tool, setting_env_names
 from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, export_tiny_model
+
+from bench.server import free_port
 
 pytestmark = pytest.mark.timeout(120)
 REQUIREMENTS_SCRIPT = DOCKER_DIR / "requirements.py"
@@ -165,7 +166,11 @@ def test_build_installs_serving_requirements_and_the_bundled_model(dockerfile: l
 
 def _requirements(cuda: str) -> list[str]:
     result = subprocess.run(
-        [sys.executable, str(REQUIREMENTS_SCRIPT), "--cuda", cuda], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+        [sys.executable, str(REQUIREMENTS_SCRIPT), "--cuda", cuda],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
@@ -199,7 +204,11 @@ def test_default_onnxruntime_build_targets_cuda_13() -> None:
 
 def test_requirements_reject_an_unsupported_cuda_version() -> None:
     result = subprocess.run(
-        [sys.executable, str(REQUIREMENTS_SCRIPT), "--cuda", "11"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+        [sys.executable, str(REQUIREMENTS_SCRIPT), "--cuda", "11"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2 and "not supported" in result.stderr and not result.stdout
 
@@ -237,8 +246,16 @@ def _ignored(path: str) -> bool:
 
 @pytest.mark.parametrize(
     "path",
-    ["pyproject.toml", "README.md", "service/app.py", "service/settings.py", "model/__init__.py",
-     "model/weights/frlie.onnx", "docker/requirements.py", "docker/healthcheck.py"],
+    [
+        "pyproject.toml",
+        "README.md",
+        "service/app.py",
+        "service/settings.py",
+        "model/__init__.py",
+        "model/weights/frlie.onnx",
+        "docker/requirements.py",
+        "docker/healthcheck.py",
+    ],
 )
 def test_dockerignore_keeps_what_the_image_copies(path: str) -> None:
     assert not _ignored(path)
@@ -246,9 +263,20 @@ def test_dockerignore_keeps_what_the_image_copies(path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [".git/config", ".venv/bin/python", "runs/stage2/best.pt", "model/weights/last.pt", "model/weights/other.onnx",
-     "service/__pycache__/app.cpython-311.pyc", "tests/test_service_http.py", "training/train.py", "bench/run.py",
-     ".env", "docker/k8s/deployment.yaml", "frlie_serve.egg-info/PKG-INFO"],
+    [
+        ".git/config",
+        ".venv/bin/python",
+        "runs/stage2/best.pt",
+        "model/weights/last.pt",
+        "model/weights/other.onnx",
+        "service/__pycache__/app.cpython-311.pyc",
+        "tests/test_service_http.py",
+        "training/train.py",
+        "bench/run.py",
+        ".env",
+        "docker/k8s/deployment.yaml",
+        "frlie_serve.egg-info/PKG-INFO",
+    ],
 )
 def test_dockerignore_leaves_out_environments_data_and_secrets(path: str) -> None:
     assert _ignored(path)

@@ -63,7 +63,9 @@ def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
     ],
     ids=["unknown-field", "wrong-type"],
 )
-def test_the_schema_validation_rejects_broken_manifests(objects: dict[str, dict[str, Any]], mutate: Any, field: str) -> None:
+def test_the_schema_validation_rejects_broken_manifests(
+    objects: dict[str, dict[str, Any]], mutate: Any, field: str
+) -> None:
     broken = copy.deepcopy(objects["Deployment"])
     mutate(broken)
     with pytest.raises(kubernetes_validate.ValidationError, match=field):
@@ -131,7 +133,9 @@ def test_autoscaler_targets_the_deployment_on_inflight_requests(objects: dict[st
     assert pod_metrics == ["frlie_inflight_requests"]  # a gauge the service exports (service/metrics.py)
 
 
-def test_pods_carry_prometheus_scrape_annotations(objects: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
+def test_pods_carry_prometheus_scrape_annotations(
+    objects: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
     annotations = objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] == "/metrics"

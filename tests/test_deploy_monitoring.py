@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 import pytest
-from bench.server import MetricsSnapshot, free_port
 from deploy_helpers import (
     PROMETHEUS_CONFIG,
     alert_rules,
@@ -30,6 +29,8 @@ from deploy_helpers import (
     require_prometheus_tool,
 )
 from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, dark_image, encode_image, export_tiny_model
+
+from bench.server import MetricsSnapshot, free_port
 
 pytestmark = pytest.mark.timeout(180)
 T = TypeVar("T")
@@ -66,8 +67,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real server that has answered one good and one bad request, so every labelled series exists."""
     model = export_tiny_model(tmp_path_factory.getbasetemp())
     running = ServerProcess(
-        model, tmp_path_factory.mktemp("logs") / "monitoring.log",
-        tile_size=64, max_batch_size=4, max_batch_delay_ms=5, queue_size=32,
+        model,
+        tmp_path_factory.mktemp("logs") / "monitoring.log",
+        tile_size=64,
+        max_batch_size=4,
+        max_batch_delay_ms=5,
+        queue_size=32,
     ).start()
     try:
         assert _post_image(running, encode_image(dark_image(64, 96), "PNG")).status_code == 200
@@ -143,8 +148,11 @@ class PrometheusProcess:
 def scrape_config_for(server_port: int, prometheus_port: int) -> dict[str, Any]:
     """The shipped prometheus.yml pointed at loopback ports, scraping and evaluating every second."""
     config = load_yaml(PROMETHEUS_CONFIG)
-    config["global"].update(scrape_interval=f"{SCRAPE_INTERVAL_S}s", evaluation_interval=f"{SCRAPE_INTERVAL_S}s",
-                            scrape_timeout=f"{SCRAPE_INTERVAL_S}s")
+    config["global"].update(
+        scrape_interval=f"{SCRAPE_INTERVAL_S}s",
+        evaluation_interval=f"{SCRAPE_INTERVAL_S}s",
+        scrape_timeout=f"{SCRAPE_INTERVAL_S}s",
+    )
     config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / name) for name in config["rule_files"]]
     ports = {"frlie": server_port, "prometheus": prometheus_port}
     for job in config["scrape_configs"]:
@@ -163,9 +171,17 @@ def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) 
     log_path = folder / "prometheus.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [binary, f"--config.file={config_path}", f"--storage.tsdb.path={folder / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=1h",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
         )
     running = PrometheusProcess(process, f"http://127.0.0.1:{port}", log_path)
 
@@ -189,12 +205,12 @@ def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) 
 
 @dataclass
 class Traffic:
-    requests: int                  # /enhance requests sent (all statuses)
+    requests: int  # /enhance requests sent (all statuses)
     client_latencies: list[float]  # seconds, as the clients saw them (successful requests)
     buckets_before: dict[float, float]
     buckets_after: dict[float, float]
-    started: float                 # wall clock, before the first request
-    total_after: float             # the server's own count of /enhance requests afterwards
+    started: float  # wall clock, before the first request
+    total_after: float  # the server's own count of /enhance requests afterwards
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +218,8 @@ def traffic(server: ServerProcess, prometheus: PrometheusProcess) -> Traffic:
     """Requests sent after Prometheus has scraped the idle service twice, fully scraped afterwards."""
     wait_until(
         lambda: prometheus.query(f"count_over_time(frlie_request_duration_seconds_count{{{ENHANCE_200}}}[1m]) >= 2"),
-        STARTUP_TIMEOUT_S, "two scrapes of the service before the traffic",
+        STARTUP_TIMEOUT_S,
+        "two scrapes of the service before the traffic",
     )
     buckets_before = latency_buckets(server.metrics())
     images = [encode_image(dark_image(64, 96, seed=i), "PNG") for i in range(SMALL_REQUESTS)]
@@ -222,8 +239,11 @@ def traffic(server: ServerProcess, prometheus: PrometheusProcess) -> Traffic:
     metrics_after = server.metrics()
     total_after = metrics_after.value("frlie_request_duration_seconds_count", route="/enhance")
     wait_until(
-        lambda: prometheus.query(f'sum(frlie_request_duration_seconds_count{{job="frlie", route="/enhance"}}) == {total_after}'),
-        STARTUP_TIMEOUT_S, "Prometheus to scrape the counts after the traffic",
+        lambda: prometheus.query(
+            f'sum(frlie_request_duration_seconds_count{{job="frlie", route="/enhance"}}) == {total_after}'
+        ),
+        STARTUP_TIMEOUT_S,
+        "Prometheus to scrape the counts after the traffic",
     )
     return Traffic(len(images) + 1, latencies, buckets_before, latency_buckets(metrics_after), started, total_after)
 
@@ -236,7 +256,9 @@ def _window(traffic: Traffic) -> int:
 # --- tests --------------------------------------------------------------------------------------
 
 
-def test_prometheus_scrapes_the_service_with_the_shipped_config(server: ServerProcess, prometheus: PrometheusProcess) -> None:
+def test_prometheus_scrapes_the_service_with_the_shipped_config(
+    server: ServerProcess, prometheus: PrometheusProcess
+) -> None:
     (up,) = wait_until(lambda: prometheus.query('up{job="frlie"} == 1'), STARTUP_TIMEOUT_S, "the frlie target to be up")
     assert up["metric"]["instance"] == f"127.0.0.1:{server.port}"
     assert up["metric"]["service"] == "frlie-serve"  # the label the shipped static config adds
@@ -247,14 +269,19 @@ def test_prometheus_scrapes_the_service_with_the_shipped_config(server: ServerPr
 def test_p95_latency_and_request_rate_reflect_the_requests(prometheus: PrometheusProcess, traffic: Traffic) -> None:
     window = _window(traffic)
     p95 = prometheus.scalar(
-        f"histogram_quantile(0.95, sum by (le) (rate(frlie_request_duration_seconds_bucket{{{ENHANCE_200}}}[{window}s])))"
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(frlie_request_duration_seconds_bucket{{{ENHANCE_200}}}[{window}s])))"
     )
-    rate = prometheus.scalar(f'sum(rate(frlie_request_duration_seconds_count{{job="frlie", route="/enhance"}}[{window}s]))')
+    rate = prometheus.scalar(
+        f'sum(rate(frlie_request_duration_seconds_count{{job="frlie", route="/enhance"}}[{window}s]))'
+    )
     deltas = {le: traffic.buckets_after[le] - traffic.buckets_before.get(le, 0.0) for le in traffic.buckets_after}
     exact_p95 = bucket_quantile(0.95, deltas)
-    print(f"\nPrometheus over {window} s: p95 latency {p95 * 1000:.1f} ms (exact from the service's buckets "
-          f"{exact_p95 * 1000:.1f} ms; client p95 {np.percentile(traffic.client_latencies, 95) * 1000:.1f} ms), "
-          f"request rate {rate:.3f}/s ({traffic.requests} requests)")
+    print(
+        f"\nPrometheus over {window} s: p95 latency {p95 * 1000:.1f} ms (exact from the service's buckets "
+        f"{exact_p95 * 1000:.1f} ms; client p95 {np.percentile(traffic.client_latencies, 95) * 1000:.1f} ms), "
+        f"request rate {rate:.3f}/s ({traffic.requests} requests)"
+    )
 
     assert math.isfinite(p95) and p95 > 0 and math.isfinite(rate) and rate > 0
     # p95 falls in (or next to) the bucket holding the true p95 of these very requests; extrapolation at
@@ -266,7 +293,10 @@ def test_p95_latency_and_request_rate_reflect_the_requests(prometheus: Prometheu
     assert p95 <= min(b for b in bounds if b >= max(traffic.client_latencies))
     # rate x window = the requests sent, plus what Prometheus extrapolates to the window's edges.
     assert traffic.requests <= rate * window * 1.001 <= 2 * traffic.requests
-    assert prometheus.scalar('sum(frlie_request_duration_seconds_count{job="frlie", route="/enhance"})') == traffic.total_after
+    assert (
+        prometheus.scalar('sum(frlie_request_duration_seconds_count{job="frlie", route="/enhance"})')
+        == traffic.total_after
+    )
 
 
 def test_every_dashboard_query_returns_live_data(prometheus: PrometheusProcess, traffic: Traffic) -> None:
@@ -302,6 +332,8 @@ def test_dashboard_and_alerts_use_only_metrics_the_service_exports(server: Serve
         used.setdefault(f"dashboard panel {title!r}", set()).update(metric_names_in(expr))
     for rule in alert_rules():
         used[f"alert {rule['alert']}"] = metric_names_in(rule["expr"])
-    unknown = {where: names - exported - SCRAPE_SERIES for where, names in used.items() if names - exported - SCRAPE_SERIES}
+    unknown = {
+        where: names - exported - SCRAPE_SERIES for where, names in used.items() if names - exported - SCRAPE_SERIES
+    }
     assert not unknown, f"metrics the service does not export: {unknown}"
     assert all(used.values()), "every query selects at least one metric"

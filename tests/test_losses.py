@@ -50,8 +50,13 @@ def test_ssim_agrees_with_scikit_image() -> None:
     a = torch.rand(1, 3, 48, 64, generator=generator)
     b = (a + 0.15 * torch.randn(a.shape, generator=generator)).clamp(0, 1)
     expected = structural_similarity(
-        a[0].permute(1, 2, 0).numpy(), b[0].permute(1, 2, 0).numpy(),
-        gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=2,
+        a[0].permute(1, 2, 0).numpy(),
+        b[0].permute(1, 2, 0).numpy(),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        channel_axis=2,
     )
     assert ssim_index(a, b).item() == pytest.approx(expected, abs=1e-5)
     assert ssim_index(a, a).item() == pytest.approx(1.0, abs=1e-6)
@@ -64,7 +69,12 @@ def test_stage_losses_use_the_paper_weights() -> None:
     assert stage1.total.item() == pytest.approx(WEIGHT_PIXEL * stage1.parts["mse"], rel=1e-6)
     full = restoration_loss(output, target, features, target_features)
     p = full.parts
-    expected = WEIGHT_PIXEL * p["mse"] + WEIGHT_SSIM * (1 - p["ssim"]) + WEIGHT_HUE * p["hue"] + WEIGHT_FEATURE * p["feature_l1"]
+    expected = (
+        WEIGHT_PIXEL * p["mse"]
+        + WEIGHT_SSIM * (1 - p["ssim"])
+        + WEIGHT_HUE * p["hue"]
+        + WEIGHT_FEATURE * p["feature_l1"]
+    )
     assert full.total.item() == pytest.approx(expected, rel=1e-5)
     assert (WEIGHT_PIXEL, WEIGHT_FEATURE, WEIGHT_SSIM, WEIGHT_HUE) == (100.0, 0.2, 0.5, 0.05)
     ablation = restoration_loss(output, target)

@@ -23,7 +23,7 @@ def test_encoder_gives_4c_channels_at_quarter_resolution_and_decoder_restores_si
     assert model.frnet(features).shape == features.shape
     output = model(image)
     assert output.shape == image.shape
-    assert 0.0 <= output.min() and output.max() <= 1.0
+    assert output.min() >= 0.0 and output.max() <= 1.0
 
 
 @pytest.mark.parametrize("upsample", ["pixelshuffle", "bilinear"])
@@ -67,7 +67,7 @@ def test_weights_round_trip(tmp_path) -> None:
     save_weights(model, tmp_path / "w.pt", step=7)
     loaded, payload = load_weights(tmp_path / "w.pt")
     assert loaded.config == model.config and payload["step"] == 7
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -39,7 +39,11 @@ class FakeModel:
 def _batcher(model: FakeModel, **overrides: object) -> Batcher:
     max_batch_size = overrides.pop("max_batch_size", 4)
     options: dict[str, object] = dict(
-        batch_limit=lambda height, width: max_batch_size, max_delay_s=0.05, workers=1, pad_batches=False, metrics=Metrics()
+        batch_limit=lambda height, width: max_batch_size,
+        max_delay_s=0.05,
+        workers=1,
+        pad_batches=False,
+        metrics=Metrics(),
     )
     options.update(overrides)
     return Batcher(model, **options)  # type: ignore[arg-type]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench import REPO_ROOT
 from service_helpers import dark_image, decode_image, encode_image, export_tiny_model, reference_enhance
+
+from bench import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,14 +37,20 @@ def test_enhance_folders_and_files(tmp_path_factory: pytest.TempPathFactory, tmp
     single.write_bytes(encode_image(dark_image(30, 40, seed=3), "WEBP", lossless=True))
     out = tmp_path / "out"
 
-    result = _run("enhance", str(photos), str(single), "-o", str(out), FRLIE_MODEL_PATH=str(model_path), FRLIE_TILE_SIZE="16")
+    result = _run(
+        "enhance", str(photos), str(single), "-o", str(out), FRLIE_MODEL_PATH=str(model_path), FRLIE_TILE_SIZE="16"
+    )
 
     assert result.returncode == 1, result.stderr  # one file could not be read
     assert "skipped" in result.stderr and "broken.png" in result.stderr
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "a.png", "single.png", "trip/b.jpg",
+        "a.png",
+        "single.png",
+        "trip/b.jpg",
     ]
-    np.testing.assert_array_equal(np.asarray(decode_image((out / "a.png").read_bytes())), reference_enhance(model_path, first))
+    np.testing.assert_array_equal(
+        np.asarray(decode_image((out / "a.png").read_bytes())), reference_enhance(model_path, first)
+    )
     assert decode_image((out / "trip" / "b.jpg").read_bytes()).size == (70, 50)
 
 

@@ -54,7 +54,11 @@ def test_warm_up_covers_the_tile_batch_shapes(model_path: Path) -> None:
     settings = dict(model_path=model_path, providers=["CPUExecutionProvider"], tile_size=16, max_batch_pixels=10**9)
     engine = Engine(Settings(**settings))
     # Every batch shape once, then one warm call on which the throughput is measured.
-    assert _recorded_warm_up(engine) == [(1, 3, *engine.tile_shape), (4, 3, *engine.tile_shape), (1, 3, *engine.tile_shape)]
+    assert _recorded_warm_up(engine) == [
+        (1, 3, *engine.tile_shape),
+        (4, 3, *engine.tile_shape),
+        (1, 3, *engine.tile_shape),
+    ]
     assert engine.seconds_per_pixel is not None and engine.seconds_per_pixel > 0
     padded = Engine(Settings(**settings, fixed_batch_shapes=True))
     assert set(_recorded_warm_up(padded)) == {(4, 3, *padded.tile_shape), (1, 3, *padded.tile_shape)}
@@ -81,7 +85,9 @@ def test_cost_aware_windows_come_from_the_measured_memory_per_pixel(model_path: 
     plan = engine.plan(3000, 4000)
     assert plan.window_shape[0] * plan.window_shape[1] <= engine.max_window_pixels == engine.max_batch_pixels
     assert engine.plan(300, 400).is_whole_image
-    assert engine.predicted_seconds(plan.computed_pixels) == pytest.approx(plan.computed_pixels * engine.seconds_per_pixel)
+    assert engine.predicted_seconds(plan.computed_pixels) == pytest.approx(
+        plan.computed_pixels * engine.seconds_per_pixel
+    )
     assert set(engine.describe()["example_plans"]) == {"640x480", "1920x1080", "4000x3000", "6000x4000"}
     larger = Engine(Settings(model_path=model_path, providers=["CPUExecutionProvider"], memory_budget_mb=1024))
     assert larger.max_window_pixels > engine.max_window_pixels

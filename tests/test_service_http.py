@@ -43,9 +43,15 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Batching on, small tiles (so a 600 x 400 image is tiled), small limits (so they are cheap to hit)."""
     running = ServerProcess(
-        model_path, tmp_path_factory.mktemp("logs") / "main.log",
-        tile_size=64, max_batch_size=4, max_batch_delay_ms=50, queue_size=32,
-        max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS, request_timeout_s=60,
+        model_path,
+        tmp_path_factory.mktemp("logs") / "main.log",
+        tile_size=64,
+        max_batch_size=4,
+        max_batch_delay_ms=50,
+        queue_size=32,
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_pixels=MAX_PIXELS,
+        request_timeout_s=60,
     ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
@@ -55,8 +61,13 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def strict_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One request at a time, a 1 s timeout, batching off."""
     running = ServerProcess(
-        model_path, tmp_path_factory.mktemp("logs") / "strict.log",
-        tile_size=64, queue_size=1, request_timeout_s=1.0, batching="false", retry_after_s=2,
+        model_path,
+        tmp_path_factory.mktemp("logs") / "strict.log",
+        tile_size=64,
+        queue_size=1,
+        request_timeout_s=1.0,
+        batching="false",
+        retry_after_s=2,
     ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
@@ -173,8 +184,18 @@ def test_cmyk_jpeg_is_enhanced_as_rgb(server: ServerProcess) -> None:
         (encode_image(dark_image(32, 32), "PNG"), {"quality": "high"}, 422, "invalid_parameters"),
         (encode_image(np.zeros((32, 32, 4), np.uint8), "PNG"), {"format": "jpeg"}, 422, "invalid_parameters"),
     ],
-    ids=["zero-bytes", "text", "truncated-png", "bomb-header", "huge-dimensions", "animated-gif",
-         "bad-format", "quality-zero", "quality-text", "jpeg-with-alpha"],
+    ids=[
+        "zero-bytes",
+        "text",
+        "truncated-png",
+        "bomb-header",
+        "huge-dimensions",
+        "animated-gif",
+        "bad-format",
+        "quality-zero",
+        "quality-text",
+        "jpeg-with-alpha",
+    ],
 )
 def test_malformed_uploads_get_json_errors(
     server: ServerProcess, payload: bytes, fields: dict[str, str], status: int, code: str
@@ -209,7 +230,9 @@ def test_missing_field_wrong_method_and_unknown_route(server: ServerProcess) -> 
 # --- batching, metrics, disconnects ----------------------------------------------------------
 
 
-def test_concurrent_requests_share_batches_and_each_gets_its_own_result(server: ServerProcess, model_path: Path) -> None:
+def test_concurrent_requests_share_batches_and_each_gets_its_own_result(
+    server: ServerProcess, model_path: Path
+) -> None:
     images = [dark_image(64, 96, seed=10 + i) for i in range(8)]
     batches_before = server.metric("frlie_batch_size_count")
     singles_before = server.metric("frlie_batch_size_bucket", le="1.0")
@@ -222,7 +245,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_result(server: 
 
     with ThreadPoolExecutor(len(images)) as pool:
         outputs = list(pool.map(send, images))
-    for image, output in zip(images, outputs):
+    for image, output in zip(images, outputs, strict=True):
         np.testing.assert_array_equal(np.asarray(decode_image(output)), reference_enhance(model_path, image))
     batches = server.metric("frlie_batch_size_count") - batches_before
     multi_item_batches = batches - (server.metric("frlie_batch_size_bucket", le="1.0") - singles_before)
@@ -297,8 +320,12 @@ def test_an_image_too_slow_for_the_deadline_is_refused_before_any_compute(strict
 def deadline_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A 6 s deadline and room for several requests, so admission is decided by predicted cost."""
     running = ServerProcess(
-        model_path, tmp_path_factory.mktemp("logs") / "deadline.log",
-        tile_size=64, queue_size=8, request_timeout_s=6.0, batching="false",
+        model_path,
+        tmp_path_factory.mktemp("logs") / "deadline.log",
+        tile_size=64,
+        queue_size=8,
+        request_timeout_s=6.0,
+        batching="false",
     ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
@@ -336,13 +363,18 @@ def test_a_flood_gets_only_answers_200_or_503_and_nothing_is_dropped(deadline_se
             assert int(response.headers["retry-after"]) >= 1
         else:
             assert decode_image(response.content).size == (80, 60)
-    succeeded = deadline_server.metric("frlie_request_duration_seconds_count", route="/enhance", status="200") - succeeded_before
+    succeeded = (
+        deadline_server.metric("frlie_request_duration_seconds_count", route="/enhance", status="200")
+        - succeeded_before
+    )
     assert succeeded == statuses.count(200)  # every admitted request was answered in full
 
 
 def test_batching_off_runs_one_item_per_call(strict_server: ServerProcess) -> None:
     assert _post(strict_server, encode_image(dark_image(200, 300), "PNG")).status_code == 200
-    assert strict_server.metric("frlie_batch_size_count") == strict_server.metric("frlie_batch_size_bucket", le="1.0") > 0
+    assert (
+        strict_server.metric("frlie_batch_size_count") == strict_server.metric("frlie_batch_size_bucket", le="1.0") > 0
+    )
 
 
 # --- graceful shutdown -------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def test_sixteen_bit_gray_is_scaled_not_clipped() -> None:
 
 
 def test_sixteen_bit_rgb_keeps_the_high_byte() -> None:
-    samples = (np.arange(2 * 3 * 3, dtype=np.uint16).reshape(2, 3, 3) * 3000)
+    samples = np.arange(2 * 3 * 3, dtype=np.uint16).reshape(2, 3, 3) * 3000
     decoded = decode(png16(samples), LIMIT)
     assert np.abs(decoded.rgb.astype(int) - samples / 257).max() <= 1
 

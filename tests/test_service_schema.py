@@ -22,9 +22,22 @@ def test_schemathesis_finds_nothing_with_all_checks(tmp_path_factory: pytest.Tem
     running = ServerProcess(model, tmp_path_factory.mktemp("logs") / "schema.log", max_pixels=4_000_000).start()
     try:
         result = subprocess.run(
-            [SCHEMATHESIS, "--config-file", str(CONFIG), "run", f"http://127.0.0.1:{running.port}/openapi.json", "--checks", "all",
-             "--max-examples", "25", "--generation-deterministic", "--no-color"],
-            capture_output=True, text=True, timeout=540,
+            [
+                SCHEMATHESIS,
+                "--config-file",
+                str(CONFIG),
+                "run",
+                f"http://127.0.0.1:{running.port}/openapi.json",
+                "--checks",
+                "all",
+                "--max-examples",
+                "25",
+                "--generation-deterministic",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=540,
         )
     finally:
         assert running.stop() in GRACEFUL_EXIT_CODES

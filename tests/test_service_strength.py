@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, dark_image, decode_image, encode_image, export_tiny_model, reference_enhance
+from service_helpers import (
+    GRACEFUL_EXIT_CODES,
+    ServerProcess,
+    dark_image,
+    decode_image,
+    encode_image,
+    export_tiny_model,
+    reference_enhance,
+)
 
 from service.settings import Settings
 from service.strength import AUTO, AutoStrength, blend_into, estimate_exposure, parse_strength, resolve_strength
@@ -24,8 +33,9 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    running = ServerProcess(model_path, tmp_path_factory.mktemp("logs") / "strength.log", tile_size=64,
-                            **AUTO_SETTINGS).start()
+    running = ServerProcess(
+        model_path, tmp_path_factory.mktemp("logs") / "strength.log", tile_size=64, **AUTO_SETTINGS
+    ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
 
@@ -73,7 +83,7 @@ def test_brightness_rises_smoothly_with_strength(server: ServerProcess, model_pa
         expected = image + strength * (model - image)
         assert np.abs(output - expected).max() <= 1  # the blend, up to rounding: no cliff anywhere
         means.append(output.mean())
-    assert all(b > a for a, b in zip(means, means[1:])), means
+    assert all(b > a for a, b in itertools.pairwise(means)), means
 
 
 def test_auto_gives_dark_photos_full_strength_and_keeps_bright_ones_close(
@@ -100,7 +110,7 @@ def test_auto_strength_falls_as_the_upload_gets_brighter(server: ServerProcess) 
         image = np.clip(dark_image(60, 80, seed=8).astype(np.float32) * gain, 0, 255).astype(np.uint8)
         applied.append(float(_enhance(server, image).headers["x-strength"]))
     assert applied[0] == 1.0 and applied[-1] == AUTO_SETTINGS["auto_strength_floor"]
-    assert all(b <= a for a, b in zip(applied, applied[1:])), applied
+    assert all(b <= a for a, b in itertools.pairwise(applied)), applied
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "strong", "nan", "inf"])

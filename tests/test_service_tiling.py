@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from service_helpers import dark_image, export_tiny_model, reference_enhance
 
 from service.engine import Engine
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from service.tiling import TilePlan, halo_for, padded_length, plan_tiles, plan_within_budget
 
 RADIUS = 51
@@ -37,8 +36,10 @@ def test_plan_covers_every_pixel_once_with_full_halos(height: int, width: int, c
 
 @settings(max_examples=120, deadline=None)
 @given(
-    height=st.integers(1, 2500), width=st.integers(1, 2500),
-    budget=st.integers(1, 4_000_000), radius=st.sampled_from([3, 51, 147]),
+    height=st.integers(1, 2500),
+    width=st.integers(1, 2500),
+    budget=st.integers(1, 4_000_000),
+    radius=st.sampled_from([3, 51, 147]),
 )
 def test_budget_plans_cover_every_pixel_once_with_full_halos(height: int, width: int, budget: int, radius: int) -> None:
     plan = plan_within_budget(height, width, max_window_pixels=budget, receptive_radius=radius, multiple=4)
@@ -70,7 +71,7 @@ def _assert_exact_cover(plan: TilePlan, height: int, width: int, radius: int = R
     for tile in plan.tiles:
         for span, window, padded in ((tile.rows, window_h, padded_h), (tile.cols, window_w, padded_w)):
             assert span.start % 4 == 0
-            assert 0 <= span.start and span.start + window <= padded  # shifted inward, never shrunk
+            assert span.start >= 0 and span.start + window <= padded  # shifted inward, never shrunk
             # Context on each side is >= the halo unless that side is the image border.
             assert span.out_start - span.start >= halo or span.start == 0
             assert span.start + window - span.out_stop >= halo or span.start + window == padded
@@ -86,7 +87,9 @@ def test_small_images_run_whole_and_large_ones_in_one_tile_shape() -> None:
 
 
 def _engine(model_path: Path, tile_size: int) -> Engine:
-    return Engine(Settings(model_path=model_path, providers=["CPUExecutionProvider"], tile_size=tile_size, intra_op_threads=2))
+    return Engine(
+        Settings(model_path=model_path, providers=["CPUExecutionProvider"], tile_size=tile_size, intra_op_threads=2)
+    )
 
 
 async def _enhance(engine: Engine, image: np.ndarray, out_dtype: type) -> np.ndarray:
@@ -115,13 +118,16 @@ def test_tiled_output_equals_whole_image_output(model_path: Path) -> None:
 def test_cost_aware_plans_equal_the_whole_image_output(model_path: Path) -> None:
     """Budgets that force non-square windows and uneven grids still give the whole-image result."""
     for budget_mb, (height, width, seed) in ((1, (203, 517, 4)), (2, (431, 290, 5)), (3, (350, 613, 6))):
-        engine = Engine(Settings(model_path=model_path, providers=["CPUExecutionProvider"], intra_op_threads=2,
-                                 memory_budget_mb=64))
+        engine = Engine(
+            Settings(model_path=model_path, providers=["CPUExecutionProvider"], intra_op_threads=2, memory_budget_mb=64)
+        )
         engine.max_window_pixels = budget_mb * 60_000  # what a budget this small would allow
         plan = engine.plan(height, width)
         assert len(plan.tiles) > 1 and plan.window_shape[0] != plan.window_shape[1], plan.describe()
         image = dark_image(height, width, seed)
-        np.testing.assert_array_equal(asyncio.run(_enhance(engine, image, np.uint8)), reference_enhance(model_path, image))
+        np.testing.assert_array_equal(
+            asyncio.run(_enhance(engine, image, np.uint8)), reference_enhance(model_path, image)
+        )
 
 
 @pytest.mark.timeout(120)

@@ -17,11 +17,11 @@ import onnx
 import pytest
 
 from model.checkpoint import load_weights
+from model.contract import ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME
 from training.data import list_pairs
 from training.evaluate import evaluate_model
 from training.export import read_metadata
 from training.inference import load_enhancer
-from model.contract import ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME
 
 ONNX_FILE, TORCH_FILE, CONFIG_FILE = (WEIGHTS_DIR / name for name in (ONNX_NAME, WEIGHTS_NAME, TRAINING_RECORD_NAME))
 MIN_PSNR_DB, MIN_SSIM = 20.5, 0.76

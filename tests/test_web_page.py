@@ -10,12 +10,21 @@ import numpy as np
 import pytest
 from deploy_helpers import require_tool
 from PIL import Image
-from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, animated_gif, dark_image, encode_image, export_tiny_model
+from service_helpers import (
+    GRACEFUL_EXIT_CODES,
+    ServerProcess,
+    animated_gif,
+    dark_image,
+    encode_image,
+    export_tiny_model,
+)
 
 from bench import REPO_ROOT
 from model.contract import BUNDLED_MODEL_PATH
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (pip install -e .[dev])")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is a dev dependency (pip install -e .[dev])"
+)
 
 pytestmark = pytest.mark.timeout(180)
 MAX_UPLOAD_BYTES = 400 * 1024
@@ -25,7 +34,9 @@ SCREENSHOT = REPO_ROOT / "docs" / "web-page.png"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The bundled model, as `make serve` runs it: the screenshot shows a real enhancement."""
-    running = ServerProcess(BUNDLED_MODEL_PATH, tmp_path_factory.mktemp("logs") / "web.log", max_upload_bytes=MAX_UPLOAD_BYTES).start()
+    running = ServerProcess(
+        BUNDLED_MODEL_PATH, tmp_path_factory.mktemp("logs") / "web.log", max_upload_bytes=MAX_UPLOAD_BYTES
+    ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
 
@@ -93,7 +104,9 @@ def test_web_ui_can_be_turned_off(tmp_path_factory: pytest.TempPathFactory) -> N
         assert running.client.get("/healthz").status_code == 200
 
 
-def test_upload_compare_and_download(page: object, server: ServerProcess, tmp_path: Path, lol_data: Path | None) -> None:
+def test_upload_compare_and_download(
+    page: object, server: ServerProcess, tmp_path: Path, lol_data: Path | None
+) -> None:
     photo = _photo(tmp_path, lol_data)
     playwright_api.expect(page.locator("#limits")).to_contain_text("400 KB")
     page.set_input_files("#file-input", str(photo))
@@ -101,9 +114,13 @@ def test_upload_compare_and_download(page: object, server: ServerProcess, tmp_pa
     page.click("#enhance")
     playwright_api.expect(page.locator("#result-section")).to_be_visible(timeout=60_000)
     playwright_api.expect(page.locator("#status")).to_contain_text("Done: 300 × 200", timeout=30_000)
-    shown = page.evaluate("[document.getElementById('after').naturalWidth, document.getElementById('after').naturalHeight]")
+    shown = page.evaluate(
+        "[document.getElementById('after').naturalWidth, document.getElementById('after').naturalHeight]"
+    )
     assert shown == [300, 200]
-    before = page.evaluate("[document.getElementById('before').naturalWidth, document.getElementById('before').naturalHeight]")
+    before = page.evaluate(
+        "[document.getElementById('before').naturalWidth, document.getElementById('before').naturalHeight]"
+    )
     assert before == [300, 200]
     details = page.locator("#details").inner_text()
     version = server.readyz()["model_version"]
