@@ -16,8 +16,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from model.checkpoint import load_weights
 from model import contract
+from model.checkpoint import load_weights
 from model.network import FRLIE, SIZE_MULTIPLE
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def export_onnx(
         dynamo=True,
         verbose=False,
     )
+    if program is None:  # only the legacy exporter (dynamo=False) returns nothing
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     proto = program.model_proto
     props = _metadata(model, metadata)
     props[contract.PRECISION] = "fp32"
@@ -114,7 +116,9 @@ def verify_export(model: FRLIE, path: str | Path, *, fp16: bool = False) -> dict
         if fp16:
             entry["psnr_vs_fp32_db"] = _psnr(got, expected)
         elif entry["max_abs_diff"] > FP32_TOLERANCE:
-            raise RuntimeError(f"ONNX/PyTorch mismatch {entry['max_abs_diff']:.2e} > {FP32_TOLERANCE} at {entry['shape']}")
+            raise RuntimeError(
+                f"ONNX/PyTorch mismatch {entry['max_abs_diff']:.2e} > {FP32_TOLERANCE} at {entry['shape']}"
+            )
         report["shapes"].append(entry)
     report["max_abs_diff"] = max(e["max_abs_diff"] for e in report["shapes"])
     if fp16:

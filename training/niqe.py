@@ -71,9 +71,11 @@ def luma(image: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"image values must lie in [0, 255] (got {array.min()}..{array.max()}); scale [0, 1] images by 255"
         )
-    y = 16.0 + (
-        65.481 * red.astype(np.float64) + 128.553 * green.astype(np.float64) + 24.966 * blue.astype(np.float64)
-    ) / 255.0
+    y = (
+        16.0
+        + (65.481 * red.astype(np.float64) + 128.553 * green.astype(np.float64) + 24.966 * blue.astype(np.float64))
+        / 255.0
+    )
     # MATLAB rounds half away from zero; y is positive, so floor(y + 0.5).
     return np.floor(y + 0.5)
 
@@ -156,9 +158,7 @@ def fit_aggd(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         right_std = np.sqrt((squares * positive).sum(axis=1) / positive.sum(axis=1))
         skew_ratio = left_std / right_std
         moment_ratio = np.abs(samples).mean(axis=1) ** 2 / squares.mean(axis=1)
-        normalised_ratio = (
-            moment_ratio * (skew_ratio**3 + 1) * (skew_ratio + 1) / (skew_ratio**2 + 1) ** 2
-        )
+        normalised_ratio = moment_ratio * (skew_ratio**3 + 1) * (skew_ratio + 1) / (skew_ratio**2 + 1) ** 2
     best = np.empty(samples.shape[0], dtype=np.int64)
     for start in range(0, samples.shape[0], FIT_CHUNK_ROWS):
         chunk = normalised_ratio[start : start + FIT_CHUNK_ROWS, None]
