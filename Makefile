@@ -9,13 +9,14 @@ CHECKPOINT ?= $(RUNS)/stage2/best.pt
 RUN ?= $(RUNS)/stage2
 VERSION ?= $(notdir $(RUN))
 SHIP_CHECKPOINT ?= best
-# Training: the settings that produced the shipped model (model/MODEL_CARD.md). Runs resume from their
-# last.pt, so repeating a target continues it; raise the step counts to train longer.
+# Training: the recipes that produced the shipped model (model/MODEL_CARD.md) are presets,
+# training/presets/NAME.toml; the targets add the data, run folders, time budgets and TRAIN_FLAGS (flags
+# override a preset). Runs resume from their last.pt, so repeating a target continues it.
 STAGE1_MINUTES ?= 45
 STAGE2_MINUTES ?= 125
 # The ablation as it was run, at the 76-minute budget of model 1.0 (see the model card).
 ABLATION_MINUTES ?= 100
-TRAIN_FLAGS ?= --crop 128 --batch-size 16 --precision bf16 --threads 2 --resume
+TRAIN_FLAGS ?= --threads 2 --resume
 
 .PHONY: help serve test lint train train-exposure ablation export ship evaluate bench clean
 
@@ -54,23 +55,20 @@ test: $(VENV)/.dev-installed
 	FRLIE_DATA=$${FRLIE_DATA:-$(DATA)} $(PY) -m pytest
 
 train: $(VENV)/.dev-installed
-	$(PY) -m training stage1 --data $(DATA) --out $(RUNS)/stage1 --steps 6000 --lr-schedule step \
-		--decay-at 0.7 --val-every 250 --max-minutes $(STAGE1_MINUTES) $(TRAIN_FLAGS)
-	$(PY) -m training stage2 --data $(DATA) --out $(RUNS)/stage2 --stage1 $(RUNS)/stage1/best.pt \
-		--steps 8000 --lr-schedule cosine --val-every 250 --max-minutes $(STAGE2_MINUTES) $(TRAIN_FLAGS)
+	$(PY) -m training stage1 --preset stage1-1.1 --data $(DATA) --out $(RUNS)/stage1 \
+		--max-minutes $(STAGE1_MINUTES) $(TRAIN_FLAGS)
+	$(PY) -m training stage2 --preset stage2-1.1 --data $(DATA) --out $(RUNS)/stage2 \
+		--stage1 $(RUNS)/stage1/best.pt --max-minutes $(STAGE2_MINUTES) $(TRAIN_FLAGS)
 
 # Model 2.0 (model/MODEL_CARD.md): stage 2 from the shipped weights with exposure augmentation.
 EXPOSURE_MINUTES ?= 100
 train-exposure: $(VENV)/.dev-installed
-	$(PY) -m training stage2 --data $(DATA) --out $(RUNS)/stage2-exposure --init model/weights/frlie.pt \
-		--steps 1400 --max-minutes $(EXPOSURE_MINUTES) --crop 192 --batch-size 6 --lr 1.5e-4 --lr-final 1.5e-5 \
-		--lr-schedule cosine --adam-betas 0.9 0.999 --ema 0.998 --rotate --exposure-identity 0.2 \
-		--exposure-gain 0.4 --exposure-max-gain 8 --exposure-gamma 0.2 --val-exposures --val-every 350 \
-		--precision fp32 --threads 2 --resume
+	$(PY) -m training stage2 --preset exposure-2.0 --data $(DATA) --out $(RUNS)/stage2-exposure \
+		--init model/weights/frlie.pt --max-minutes $(EXPOSURE_MINUTES) $(TRAIN_FLAGS)
 
 ablation: $(VENV)/.dev-installed
-	$(PY) -m training e2e --data $(DATA) --out $(RUNS)/e2e --steps 2400 --lr-schedule cosine \
-		--val-every 200 --max-minutes $(ABLATION_MINUTES) $(TRAIN_FLAGS)
+	$(PY) -m training e2e --preset ablation-e2e --data $(DATA) --out $(RUNS)/e2e \
+		--max-minutes $(ABLATION_MINUTES) $(TRAIN_FLAGS)
 
 export: $(VENV)/.dev-installed
 	$(PY) -m training export --checkpoint $(CHECKPOINT) --out $(MODEL)

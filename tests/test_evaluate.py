@@ -19,8 +19,9 @@ from model.checkpoint import save_weights
 from model.network import FRLIE, FRLIEConfig
 from training.__main__ import main
 from training.data import list_pairs, load_rgb
-from training.evaluate import COMPARISON_SHEET, ENHANCED_DIR, FIGURE_MAX_BYTES, METRIC_KEYS, evaluate_model
+from training.evaluate import COMPARISON_SHEET, ENHANCED_DIR, METRIC_KEYS, evaluate_model
 from training.export import export_onnx
+from training.figures import FIGURE_MAX_BYTES
 from training.inference import load_enhancer, pad_image
 from training.metrics import psnr
 
@@ -159,7 +160,7 @@ def test_cli_with_onnx_model_matches_checkpoint(
     assert result["model"].startswith("onnx ")
     assert result["baselines"] == {}
     reference, _ = checkpoint_run
-    for from_onnx, from_torch in zip(result["images"], reference["images"]):
+    for from_onnx, from_torch in zip(result["images"], reference["images"], strict=True):
         assert from_onnx["name"] == from_torch["name"]
         assert from_onnx["psnr"] == pytest.approx(from_torch["psnr"], abs=0.01)
         assert from_onnx["ssim"] == pytest.approx(from_torch["ssim"], abs=1e-3)

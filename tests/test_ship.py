@@ -10,12 +10,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from training_helpers import store_args_as_before_train_config, train_tiny
 
 from model.checkpoint import load_weights, read_checkpoint
 from training.__main__ import main
+from training.average import average_models
+from training.errors import TrainingError
 from training.export import read_metadata
-from training.train import read_val_log
-from training_helpers import train_tiny
+from training.runs import read_val_log
+from training.ship import select_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,8 @@ def stage2_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("runs")
     stage1, stage2 = root / "stage1", root / "stage2"
     train_tiny("stage1", synthetic_data, stage1, "--steps", "4", "--val-every", "2")
-    train_tiny("stage2", synthetic_data, stage2, "--stage1", str(stage1 / "best.pt"), "--steps", "4", "--val-every", "2")
+    stage2_flags = ["--stage1", str(stage1 / "best.pt"), "--steps", "4", "--val-every", "2"]
+    train_tiny("stage2", synthetic_data, stage2, *stage2_flags)
     return stage2
 
 
@@ -66,12 +70,12 @@ def test_ship_writes_onnx_weights_and_full_training_record(stage2_run: Path, shi
 
 
 def test_ship_refuses_to_replace_weights_without_the_required_gain(
-    stage2_run: Path, shipped: Path, tmp_path: Path
+    stage2_run: Path, shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copy(shipped / "frlie.pt", tmp_path / "frlie.pt")
     before = (tmp_path / "frlie.pt").read_bytes()
-    with pytest.raises(SystemExit, match="does not beat the shipped"):
-        _ship(stage2_run, tmp_path)
+    assert _ship(stage2_run, tmp_path) == 1
+    assert "does not beat the shipped" in capsys.readouterr().err
     assert (tmp_path / "frlie.pt").read_bytes() == before  # nothing was touched
     # --force replaces them; --checkpoint last ships the end of the schedule with its val.csv metrics.
     assert _ship(stage2_run, tmp_path, "--force", "--checkpoint", "last") == 0
@@ -84,9 +88,22 @@ def test_ship_refuses_to_replace_weights_without_the_required_gain(
     assert record["stage2"]["selected_step"] == 4
 
 
-def test_ship_without_a_validated_run_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="best.pt not found"):
-        _ship(tmp_path / "nothing", tmp_path / "dest")
+def test_ship_without_a_validated_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(TrainingError, match=r"best\.pt not found"):
+        select_checkpoint(tmp_path / "nothing", "best")
+    assert _ship(tmp_path / "nothing", tmp_path / "dest") == 1
+    assert "best.pt not found" in capsys.readouterr().err
+
+
+def test_ship_reads_the_record_of_a_namespace_era_run(stage2_run: Path, shipped: Path, tmp_path: Path) -> None:
+    """Runs written before TrainConfig stored vars(argparse.Namespace) (Paths, the command's function):
+    their training record ships exactly as that of a current run."""
+    run_dir = tmp_path / "stage2"
+    shutil.copytree(stage2_run, run_dir)
+    store_args_as_before_train_config(run_dir / "last.pt")
+    assert _ship(run_dir, tmp_path / "dest") == 0
+    record = json.loads((tmp_path / "dest" / "training-config.json").read_text())
+    assert record["stage2"]["args"] == json.loads((shipped / "training-config.json").read_text())["stage2"]["args"]
 
 
 def test_average_of_checkpoints_is_validated_and_ships(stage2_run: Path, synthetic_data: Path, tmp_path: Path) -> None:
@@ -111,6 +128,10 @@ def test_average_of_checkpoints_is_validated_and_ships(stage2_run: Path, synthet
     assert record["stage2"]["selected_val"] == pytest.approx(payload["metrics"])
 
 
-def test_average_needs_two_checkpoints_of_the_same_network(stage2_run: Path, synthetic_data: Path) -> None:
-    with pytest.raises(SystemExit, match="at least two"):
-        main(["average", "--run", str(stage2_run), "--data", str(synthetic_data), "--checkpoints", "best.pt"])
+def test_average_needs_two_checkpoints_of_the_same_network(
+    stage2_run: Path, synthetic_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(TrainingError, match="at least two"):
+        average_models([stage2_run / "best.pt"])
+    assert main(["average", "--run", str(stage2_run), "--data", str(synthetic_data), "--checkpoints", "best.pt"]) == 1
+    assert "at least two" in capsys.readouterr().err

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from training.errors import TrainingError
+
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `--help` of one command does not pay for the others' imports twice.
@@ -19,8 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a ``TrainingError`` becomes its message on stderr and its exit status."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except TrainingError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import torch
 from model.checkpoint import load_weights, save_weights
 from model.network import FRLIE
 from training.data import list_pairs
-from training.train import validate_model
-
-AVERAGED = "averaged.pt"
+from training.errors import TrainingError
+from training.evaluate import validate_model
+from training.runs import AVERAGED, BEST, LAST
 
 
 def average_models(paths: list[Path]) -> tuple[FRLIE, str, list[dict[str, Any]]]:
@@ -32,12 +32,12 @@ def average_models(paths: list[Path]) -> tuple[FRLIE, str, list[dict[str, Any]]]
     their mean is exactly themselves.
     """
     if len(paths) < 2:
-        raise SystemExit("average needs at least two checkpoints")
+        raise TrainingError("average needs at least two checkpoints")
     loaded = [load_weights(path) for path in paths]
     first_model, first = loaded[0]
-    for path, (model, payload) in zip(paths[1:], loaded[1:]):
+    for path, (_, payload) in zip(paths[1:], loaded[1:], strict=True):
         if payload["config"] != first["config"] or payload.get("stage") != first.get("stage"):
-            raise SystemExit(f"{path} has another architecture or stage than {paths[0]}: cannot average")
+            raise TrainingError(f"{path} has another architecture or stage than {paths[0]}: cannot average")
     states = [model.state_dict() for model, _ in loaded]
     averaged = {}
     for name, tensor in states[0].items():
@@ -46,15 +46,21 @@ def average_models(paths: list[Path]) -> tuple[FRLIE, str, list[dict[str, Any]]]
         else:
             averaged[name] = tensor
     first_model.load_state_dict(averaged)
-    sources = [{"file": path.name, "step": int(payload["step"])} for path, (_, payload) in zip(paths, loaded)]
+    sources = [
+        {"file": path.name, "step": int(payload["step"])} for path, (_, payload) in zip(paths, loaded, strict=True)
+    ]
     return first_model.eval(), first.get("stage", "stage2"), sources
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("average", help="average checkpoints of one run and validate the result")
     parser.add_argument("--run", required=True, type=Path, help="training run directory")
-    parser.add_argument("--checkpoints", nargs="+", default=["best.pt", "last.pt"],
-                        help="checkpoint files in the run to average (default: best.pt last.pt)")
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=[BEST, LAST],
+        help="checkpoint files in the run to average (default: best.pt last.pt)",
+    )
     parser.add_argument("--data", required=True, type=Path, help="data root; its val/ split is measured")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.set_defaults(func=run)
@@ -66,13 +72,15 @@ def run(args: argparse.Namespace) -> int:
     paths = [args.run / name for name in args.checkpoints]
     for path in paths:
         if not path.exists():
-            raise SystemExit(f"{path} not found")
+            raise TrainingError(f"{path} not found")
     model, stage, sources = average_models(paths)
     result = validate_model(model, list_pairs(args.data / "val"), stage, torch.device("cpu"))
     metrics = {"val_psnr": result["psnr"], "val_ssim": result["ssim"]}
     step = max(source["step"] for source in sources)
     save_weights(model, args.run / AVERAGED, stage=stage, step=step, metrics=metrics, averaged_from=sources)
     described = ", ".join(f"{source['file']} (step {source['step']})" for source in sources)
-    print(f"wrote {args.run / AVERAGED}: average of {described}; "
-          f"val PSNR {metrics['val_psnr']:.3f} dB, SSIM {metrics['val_ssim']:.4f}")
+    print(
+        f"wrote {args.run / AVERAGED}: average of {described}; "
+        f"val PSNR {metrics['val_psnr']:.3f} dB, SSIM {metrics['val_ssim']:.4f}"
+    )
     return 0

@@ -8,23 +8,25 @@ images, a comparison sheet and a before/after figure for the README.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+import torch
+from PIL import Image
 from tqdm import tqdm
 
+from model.network import FRLIE
 from service.settings import Settings
 from service.strength import Strength, blend_into, parse_strength, resolve_strength
 from training.baselines import BASELINES
 from training.data import EXPOSURE_VARIANTS, ExposureVariant, ImagePair, PairedDataError, list_pairs, load_rgb
-from training.inference import load_enhancer
+from training.figures import Panel, compose, sheet_row, write_before_after, write_exposure_figure
+from training.inference import Enhance, Enhancer, load_enhancer, model_enhancer
 from training.metrics import psnr, psnr_gt_mean, ssim
 from training.niqe import niqe
 
@@ -38,12 +40,6 @@ GT_MEAN_NOTE = (
 
 COMPARISON_SHEET = "comparison.png"
 ENHANCED_DIR = "enhanced"
-SHEET_TILE_WIDTH = 200  # px per panel: 3 panels per row keeps the sheet ~620 px wide
-FIGURE_MAX_BYTES = 300_000  # README figures must stay small
-FIGURE_QUALITIES = (92, 88, 84, 80, 75, 70, 60, 50)
-GAP = 4
-
-Enhance = Callable[[np.ndarray], np.ndarray]
 
 
 # --------------------------------------------------------------------------- scoring
@@ -63,7 +59,7 @@ def mean_scores(rows: Sequence[Mapping[str, float | None]]) -> dict[str, float |
     """Per-metric mean over images; None where a metric was not computed."""
     means: dict[str, float | None] = {}
     for key in METRIC_KEYS:
-        values = [row[key] for row in rows if row.get(key) is not None]
+        values = [value for row in rows if (value := row.get(key)) is not None]
         means[key] = float(np.mean(values)) if values else None
     return means
 
@@ -96,7 +92,7 @@ def evaluate_model(
 
     images: list[dict[str, Any]] = []
     baseline_rows: dict[str, list[dict[str, float | None]]] = {name: [] for name in baselines}
-    sheet_rows: list[list[tuple[np.ndarray, str]]] = []
+    sheet_rows: list[list[Panel]] = []
     for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not progress, file=sys.stderr):
         low, high = load_rgb(pair.low), load_rgb(pair.high)
         if low.shape != high.shape:
@@ -110,15 +106,9 @@ def evaluate_model(
             baseline_rows[name].append(score_image(method(low), high, with_niqe))
         if save_path is not None:
             Image.fromarray(enhanced).save(save_path / ENHANCED_DIR / f"{Path(pair.name).stem}.png")
-            sheet_rows.append(
-                [
-                    (_thumbnail(low, SHEET_TILE_WIDTH), f"low  {pair.name}"),
-                    (_thumbnail(enhanced, SHEET_TILE_WIDTH), f"enhanced  {scores['psnr']:.2f} dB"),
-                    (_thumbnail(high, SHEET_TILE_WIDTH), "reference"),
-                ]
-            )
+            sheet_rows.append(sheet_row(pair.name, low, enhanced, high, scores))
     if save_path is not None:
-        _compose(sheet_rows).save(save_path / COMPARISON_SHEET, optimize=True)
+        compose(sheet_rows).save(save_path / COMPARISON_SHEET, optimize=True)
 
     return {
         "model": getattr(enhancer, "description", repr(enhancer)),
@@ -130,18 +120,60 @@ def evaluate_model(
 
 
 def evaluate_exposures(
-    enhancer: Enhance, pairs: Sequence[ImagePair], names: Sequence[str] = tuple(EXPOSURE_VARIANTS), *,
-    with_niqe: bool = False, progress: bool = True,
+    enhancer: Enhance,
+    pairs: Sequence[ImagePair],
+    names: Sequence[str] = tuple(EXPOSURE_VARIANTS),
+    *,
+    with_niqe: bool = False,
+    progress: bool = True,
 ) -> dict[str, dict[str, float | None]]:
     """Mean scores of ``enhancer`` on each named exposure variant of ``pairs`` (see EXPOSURE_VARIANTS)."""
     unknown = [name for name in names if name not in EXPOSURE_VARIANTS]
     if unknown:
         raise ValueError(f"unknown exposure variant(s) {unknown}; choose from {list(EXPOSURE_VARIANTS)}")
     return {
-        name: evaluate_model(enhancer, pairs, baselines=None, with_niqe=with_niqe, progress=progress,
-                             exposure=EXPOSURE_VARIANTS[name])["mean"]
+        name: evaluate_model(
+            enhancer, pairs, baselines=None, with_niqe=with_niqe, progress=progress, exposure=EXPOSURE_VARIANTS[name]
+        )["mean"]
         for name in names
     }
+
+
+def _measured(value: float | None) -> float:
+    if value is None:  # only NIQE is ever left out
+        raise ValueError("a metric that validation needs was not computed")
+    return value
+
+
+def validate_model(
+    model: FRLIE, pairs: Sequence[ImagePair], stage: str, device: torch.device, exposures: bool = False
+) -> dict[str, float]:
+    """Mean PSNR / SSIM of whole 8-bit outputs over ``pairs`` (stage 1: reconstruction of high).
+
+    What training validates and ``average`` measures: ``evaluate_model`` without baselines or NIQE.
+    With ``exposures`` (not for stage 1) every variant of ``EXPOSURE_VARIANTS`` is scored too
+    (``psnr_low_x2``...), and ``score`` (what selects the best checkpoint) is the mean PSNR over
+    the variants instead of the plain low -> high PSNR.
+    """
+    model.eval()
+    net: torch.nn.Module = model
+    if stage == "stage1":  # FRLIE.reconstruct, D(E(x)), as a module
+        net, pairs = (
+            torch.nn.Sequential(model.encoder, model.decoder),
+            [ImagePair(p.name, p.high, p.high) for p in pairs],
+        )
+    with torch.no_grad():
+        enhancer = model_enhancer(net, device)
+        if not exposures or stage == "stage1":
+            mean = evaluate_model(enhancer, pairs, baselines=None, with_niqe=False, progress=False)["mean"]
+            return {"psnr": _measured(mean["psnr"]), "ssim": _measured(mean["ssim"]), "score": _measured(mean["psnr"])}
+        rows = evaluate_exposures(enhancer, pairs, progress=False)
+    result = {"psnr": _measured(rows["low"]["psnr"]), "ssim": _measured(rows["low"]["ssim"])}
+    for name, scores in rows.items():
+        if name != "low":
+            result["psnr_" + name.replace(" ", "_")] = _measured(scores["psnr"])
+    result["score"] = float(np.mean([_measured(scores["psnr"]) for scores in rows.values()]))
+    return result
 
 
 def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int) -> str:
@@ -150,7 +182,7 @@ def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int)
     return _table(header, [[name, *_metric_cells(scores)] for name, scores in rows.items()])
 
 
-def with_strength(enhancer: Enhance, strength: Strength) -> Enhance:
+def with_strength(enhancer: Enhance, strength: Strength) -> Enhancer:
     """``enhancer`` followed by the service's strength blend (service.strength), for evaluating what
     the service answers at a given strength; ``auto`` uses the service's default curve."""
     curve = Settings().auto_strength
@@ -161,88 +193,8 @@ def with_strength(enhancer: Enhance, strength: Strength) -> Enhance:
         blend_into(enhanced, image, applied)
         return enhanced
 
-    run.description = f"{getattr(enhancer, 'description', enhancer)}, strength {strength}"  # type: ignore[attr-defined]
-    return run
-
-
-# --------------------------------------------------------------------------- pictures
-
-
-def _thumbnail(image: np.ndarray, width: int) -> np.ndarray:
-    """Downscale to ``width`` px wide (never upscale), keeping the aspect ratio."""
-    height, current = image.shape[:2]
-    if current <= width:
-        return image
-    size = (width, max(1, round(height * width / current)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-
-
-def _label(canvas: Image.Image, xy: tuple[int, int], text: str) -> None:
-    """Small white text on a dark box, readable on dark and bright images alike."""
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=12)
-    left, top, right, bottom = draw.textbbox((xy[0] + 4, xy[1] + 3), text, font=font)
-    draw.rectangle((left - 3, top - 2, right + 3, bottom + 2), fill=(0, 0, 0))
-    draw.text((xy[0] + 4, xy[1] + 3), text, font=font, fill=(255, 255, 255))
-
-
-def _compose(rows: Sequence[Sequence[tuple[np.ndarray, str]]]) -> Image.Image:
-    """Grid of labelled panels, one row per entry, separated by white gaps."""
-    row_heights = [max(panel.shape[0] for panel, _ in row) for row in rows]
-    width = max(sum(panel.shape[1] for panel, _ in row) + GAP * (len(row) + 1) for row in rows)
-    height = sum(row_heights) + GAP * (len(rows) + 1)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    top = GAP
-    for row, row_height in zip(rows, row_heights):
-        left = GAP
-        for panel, text in row:
-            canvas.paste(Image.fromarray(panel), (left, top))
-            _label(canvas, (left, top), text)
-            left += panel.shape[1] + GAP
-        top += row_height + GAP
-    return canvas
-
-
-def _jpeg_under(image: Image.Image, max_bytes: int) -> bytes:
-    """Highest listed JPEG quality that fits ``max_bytes``; halves the size if none does."""
-    while True:
-        for quality in FIGURE_QUALITIES:
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=quality, optimize=True, progressive=True)
-            if buffer.tell() <= max_bytes:
-                return buffer.getvalue()
-        image = image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.LANCZOS)
-
-
-def write_before_after(
-    enhancer: Enhance, pair: ImagePair, out_path: str | Path, max_bytes: int = FIGURE_MAX_BYTES
-) -> Path:
-    """One JPEG, low-light input | enhanced output, for the README; kept under ``max_bytes``."""
-    low = load_rgb(pair.low)
-    enhanced = enhancer(low)
-    figure = _compose([[(low, f"input (low light)  {pair.name}"), (enhanced, "FRLIE")]])
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(_jpeg_under(figure, max_bytes))
-    return out_path
-
-
-def write_exposure_figure(
-    enhancer: Enhance, pair: ImagePair, out_path: str | Path, variants: Sequence[str] = ("low x4", "high"),
-    max_bytes: int = FIGURE_MAX_BYTES,
-) -> Path:
-    """One JPEG with a row per exposure variant of ``pair`` (input | output): how the model treats a
-    moderately dark photo and one that is already well exposed."""
-    low, high = load_rgb(pair.low), load_rgb(pair.high)
-    rows = []
-    for name in variants:
-        shown = EXPOSURE_VARIANTS[name](low, high)
-        label = "well-exposed input" if name == "high" else f"moderately dark input ({name})"
-        rows.append([(shown, f"{label}  {pair.name}"), (enhancer(shown), "FRLIE")])
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(_jpeg_under(_compose(rows), max_bytes))
-    return out_path
+    kind = getattr(enhancer, "kind", "function")
+    return Enhancer(run, kind, f"{getattr(enhancer, 'description', enhancer)}, strength {strength}")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -279,7 +231,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
 
     def join(cells: Sequence[str]) -> str:  # first column left-aligned (names), numbers right-aligned
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        )
 
     lines = [join(line) for line in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -327,18 +281,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-baselines", action="store_true", help="skip input / gamma / hist_eq / clahe")
     parser.add_argument("--no-niqe", action="store_true", help="skip NIQE (faster)")
     parser.add_argument(
-        "--strength", default=None, metavar="auto|0-1",
+        "--strength",
+        default=None,
+        metavar="auto|0-1",
         help="blend the model output with the input as the service does (its FRLIE_AUTO_STRENGTH_* defaults "
         "for 'auto'); default: the raw model output",
     )
     parser.add_argument(
-        "--exposures", action="store_true",
+        "--exposures",
+        action="store_true",
         help=f"also score exposure variants of the inputs ({', '.join(EXPOSURE_VARIANTS)}; 'high' against itself)",
     )
     parser.add_argument("--figure", metavar="NAME", help="image (e.g. 101 or 101.png) for a before/after JPEG")
     parser.add_argument("--figure-out", type=Path, metavar="FILE.jpg", help="where --figure writes (< 300 KB)")
-    parser.add_argument("--exposure-figure-out", type=Path, metavar="FILE.jpg",
-                        help="with --figure: also a JPEG of that image brightened x4 and its high image, in and out")
+    parser.add_argument(
+        "--exposure-figure-out",
+        type=Path,
+        metavar="FILE.jpg",
+        help="with --figure: also a JPEG of that image brightened x4 and its high image, in and out",
+    )
     parser.set_defaults(func=run)
 
 

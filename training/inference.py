@@ -18,6 +18,8 @@ from model.network import enhance, pad_to_multiple
 from training.data import to_tensor, to_uint8
 
 ONNX_SUFFIX = ".onnx"
+# What evaluation and the figures call: uint8 RGB (H x W x 3) -> uint8 RGB of the same shape.
+Enhance = Callable[[np.ndarray], np.ndarray]
 
 
 class Enhancer:
@@ -27,7 +29,7 @@ class Enhancer:
     (path, architecture or execution providers actually in use).
     """
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], kind: str, description: str) -> None:
+    def __init__(self, run: Enhance, kind: str, description: str) -> None:
         self._run = run
         self.kind = kind
         self.description = description

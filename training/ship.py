@@ -20,25 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import load_weights, read_checkpoint, save_weights
-from model.network import FRLIE
 from model.contract import ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME
-from training.average import AVERAGED
+from model.network import FRLIE
+from training.errors import TrainingError
 from training.export import checkpoint_metadata, export_onnx
-from training.train import BEST, LAST, VAL_LOG, read_val_log
+from training.runs import CHECKPOINT_FILES, LAST, VAL_LOG, read_val_log, run_arguments
 
 # Shipping writes where the service looks for its default model.
 SHIPPED_DIR, CONFIG_NAME = WEIGHTS_DIR, TRAINING_RECORD_NAME
-CHECKPOINT_FILES = {"best": BEST, "last": LAST, "averaged": AVERAGED}
 
 
 def _run_record(run_dir: Path, selected: dict[str, Any] | None = None) -> dict[str, Any]:
     """Arguments, steps and wall time of one training run, read from its resumable checkpoint."""
     last_path = run_dir / LAST
     if not last_path.exists():
-        raise SystemExit(f"{last_path} not found: ship needs the run directory written by training")
+        raise TrainingError(f"{last_path} not found: ship needs the run directory written by training")
     last = read_checkpoint(last_path)
     record: dict[str, Any] = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in last.get("args", {}).items() if k != "func"},
+        "args": run_arguments(last),
         "steps_done": int(last["step"]),
         "wall_seconds": round(float(last.get("elapsed_s", 0.0)), 1),
     }
@@ -59,7 +58,7 @@ def training_record(run_dir: Path, shipped: dict[str, Any], model_config: dict[s
     if stage == "stage2" and stage1_path:
         stage1_file = Path(stage1_path)
         if not stage1_file.exists():
-            raise SystemExit(f"the stage-1 checkpoint this run started from, {stage1_file}, is gone")
+            raise TrainingError(f"the stage-1 checkpoint this run started from, {stage1_file}, is gone")
         stage1_used = read_checkpoint(stage1_file)
         record["stage1"] = _run_record(stage1_file.parent, stage1_used)
         record["stage1"]["checkpoint"] = stage1_file.name
@@ -89,7 +88,7 @@ def _final_val(run_dir: Path, step: int) -> dict[str, float]:
     for row in rows:
         if row["step"] == step:
             return {"val_psnr": row["psnr"], "val_ssim": row["ssim"]}
-    raise SystemExit(f"step {step} of {run_dir} was never validated: let the run finish, or ship best.pt")
+    raise TrainingError(f"step {step} of {run_dir} was never validated: let the run finish, or ship best.pt")
 
 
 def select_checkpoint(run_dir: Path, which: str) -> tuple[FRLIE, dict[str, Any]]:
@@ -97,26 +96,37 @@ def select_checkpoint(run_dir: Path, which: str) -> tuple[FRLIE, dict[str, Any]]
     'averaged' (written by `python -m training average`, with its own validation metrics)."""
     path = run_dir / CHECKPOINT_FILES[which]
     if not path.exists():
-        raise SystemExit(f"{path} not found: the run has not validated yet")
+        raise TrainingError(f"{path} not found: the run has not validated yet")
     model, payload = load_weights(path)
     if which == "last":
-        payload = {"stage": payload.get("stage"), "step": payload["step"], "config": payload["config"],
-                   "metrics": _final_val(run_dir, int(payload["step"]))}
+        payload = {
+            "stage": payload.get("stage"),
+            "step": payload["step"],
+            "config": payload["config"],
+            "metrics": _final_val(run_dir, int(payload["step"])),
+        }
     return model, payload
 
 
-def ship(run_dir: Path, dest: Path, *, model_version: str, training_data: str, min_gain_db: float,
-         force: bool, which: str = "best") -> dict[str, Any]:
+def ship(
+    run_dir: Path,
+    dest: Path,
+    *,
+    model_version: str,
+    training_data: str,
+    min_gain_db: float,
+    force: bool,
+    which: str = "best",
+) -> dict[str, Any]:
     """Export and write the three shipped files into ``dest``; returns a summary of what was done."""
     model, payload = select_checkpoint(run_dir, which)
     new_psnr = payload.get("metrics", {}).get("val_psnr")
     old_psnr = _current_psnr(dest)
-    if old_psnr is not None and not force:
-        if new_psnr is None or new_psnr < old_psnr + min_gain_db:
-            raise SystemExit(
-                f"not shipping: val PSNR {new_psnr} dB does not beat the shipped {old_psnr:.3f} dB by "
-                f"{min_gain_db} dB (use --force, and say why, to replace it anyway)"
-            )
+    if old_psnr is not None and not force and (new_psnr is None or new_psnr < old_psnr + min_gain_db):
+        raise TrainingError(
+            f"not shipping: val PSNR {new_psnr} dB does not beat the shipped {old_psnr:.3f} dB by "
+            f"{min_gain_db} dB (use --force, and say why, to replace it anyway)"
+        )
     record = training_record(run_dir, payload, model.config.to_dict())
     metadata = checkpoint_metadata(payload, model_version=model_version, training_data=training_data)
     dest.mkdir(parents=True, exist_ok=True)
@@ -124,36 +134,65 @@ def ship(run_dir: Path, dest: Path, *, model_version: str, training_data: str, m
     with tempfile.TemporaryDirectory(dir=dest, prefix=".ship-") as staging_dir:
         staging = Path(staging_dir)
         report = export_onnx(model, staging / ONNX_NAME, metadata=metadata)
-        save_weights(model, staging / WEIGHTS_NAME, stage=payload.get("stage"), step=payload.get("step"),
-                     metrics=payload.get("metrics", {}), model_version=model_version)
+        save_weights(
+            model,
+            staging / WEIGHTS_NAME,
+            stage=payload.get("stage"),
+            step=payload.get("step"),
+            metrics=payload.get("metrics", {}),
+            model_version=model_version,
+        )
         (staging / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
         for name in (ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME):
             shutil.move(staging / name, dest / name)
-    return {"step": payload.get("step"), "val": payload.get("metrics", {}), "previous_val_psnr": old_psnr,
-            "onnx_max_abs_diff": report["max_abs_diff"], "onnx_mb": (dest / ONNX_NAME).stat().st_size / 1e6}
+    return {
+        "step": payload.get("step"),
+        "val": payload.get("metrics", {}),
+        "previous_val_psnr": old_psnr,
+        "onnx_max_abs_diff": report["max_abs_diff"],
+        "onnx_mb": (dest / ONNX_NAME).stat().st_size / 1e6,
+    }
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("ship", help="export a run's best checkpoint into model/weights with its record")
     parser.add_argument("--run", required=True, type=Path, help="training run directory (holds best.pt, last.pt)")
-    parser.add_argument("--dest", type=Path, default=SHIPPED_DIR,
-                        help="where the shipped files go (default: the service's bundled model folder)")
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        default=SHIPPED_DIR,
+        help="where the shipped files go (default: the service's bundled model folder)",
+    )
     parser.add_argument("--model-version", required=True, help="version string stored in the ONNX metadata")
     parser.add_argument("--training-data", default="lol-pairs/train (247 pairs)", help="stored in the metadata")
-    parser.add_argument("--min-gain-db", type=float, default=0.2,
-                        help="val PSNR gain over the shipped weights needed to replace them")
-    parser.add_argument("--checkpoint", choices=tuple(CHECKPOINT_FILES), default="best",
-                        help="best.pt (best val PSNR), last.pt (end of the lr schedule, no selection on val) "
-                             "or averaged.pt (`python -m training average`)")
+    parser.add_argument(
+        "--min-gain-db", type=float, default=0.2, help="val PSNR gain over the shipped weights needed to replace them"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=tuple(CHECKPOINT_FILES),
+        default="best",
+        help="best.pt (best val PSNR), last.pt (end of the lr schedule, no selection on val) "
+        "or averaged.pt (`python -m training average`)",
+    )
     parser.add_argument("--force", action="store_true", help="replace the shipped weights without the gain")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = ship(args.run, args.dest, model_version=args.model_version, training_data=args.training_data,
-                   min_gain_db=args.min_gain_db, force=args.force, which=args.checkpoint)
+    summary = ship(
+        args.run,
+        args.dest,
+        model_version=args.model_version,
+        training_data=args.training_data,
+        min_gain_db=args.min_gain_db,
+        force=args.force,
+        which=args.checkpoint,
+    )
     val = summary["val"]
-    print(f"shipped step {summary['step']} to {args.dest}: val PSNR {val.get('val_psnr', float('nan')):.3f} dB, "
-          f"SSIM {val.get('val_ssim', float('nan')):.4f} (previous: {summary['previous_val_psnr']}); "
-          f"{ONNX_NAME} {summary['onnx_mb']:.1f} MB, max |onnx - torch| {summary['onnx_max_abs_diff']:.1e}")
+    print(
+        f"shipped step {summary['step']} to {args.dest}: val PSNR {val.get('val_psnr', float('nan')):.3f} dB, "
+        f"SSIM {val.get('val_ssim', float('nan')):.4f} (previous: {summary['previous_val_psnr']}); "
+        f"{ONNX_NAME} {summary['onnx_mb']:.1f} MB, max |onnx - torch| {summary['onnx_max_abs_diff']:.1e}"
+    )
     return 0
