@@ -109,8 +109,14 @@ def checkpoint_run(checkpoint: Path, lol_pairs: Path, tmp_path_factory: pytest.T
     """One CLI run on the data root (split resolved to val/), with every output switched on."""
     out = tmp_path_factory.mktemp("evaluate")
     first_name = list_pairs(lol_pairs / "val")[0].name
-    figure = ("--figure", Path(first_name).stem, "--figure-out", str(out / "figure.jpg"),
-              "--exposure-figure-out", str(out / "exposures.jpg"))
+    figure = (
+        "--figure",
+        Path(first_name).stem,
+        "--figure-out",
+        str(out / "figure.jpg"),
+        "--exposure-figure-out",
+        str(out / "exposures.jpg"),
+    )
     return _run_evaluate(checkpoint, lol_pairs, out, "--save-dir", str(out / "saved"), *figure), out
 
 
@@ -210,7 +216,26 @@ def test_exposure_rows_on_real_pairs(checkpoint: Path, lol_pairs: Path, tmp_path
     assert untouched["low"]["psnr"] == pytest.approx(np.mean([psnr(load_rgb(p.low), load_rgb(p.high)) for p in pairs]))
 
     out = tmp_path / "result.json"
-    assert main(["evaluate", "--model", str(checkpoint), "--data", str(lol_pairs), "--limit", "2", "--no-baselines",
-                 "--no-niqe", "--exposures", "--strength", "auto", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(checkpoint),
+                "--data",
+                str(lol_pairs),
+                "--limit",
+                "2",
+                "--no-baselines",
+                "--no-niqe",
+                "--exposures",
+                "--strength",
+                "auto",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     document = json.loads(out.read_text())
     assert set(document["exposures"]) == set(EXPOSURE_VARIANTS) and "strength auto" in document["model"]

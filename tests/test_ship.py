@@ -111,8 +111,10 @@ def test_average_of_checkpoints_is_validated_and_ships(stage2_run: Path, synthet
     averaged, payload = load_weights(stage2_run / "averaged.pt")
     best, best_payload = load_weights(stage2_run / "best.pt")
     last, last_payload = load_weights(stage2_run / "last.pt")
-    assert payload["averaged_from"] == [{"file": "best.pt", "step": best_payload["step"]},
-                                        {"file": "last.pt", "step": last_payload["step"]}]
+    assert payload["averaged_from"] == [
+        {"file": "best.pt", "step": best_payload["step"]},
+        {"file": "last.pt", "step": last_payload["step"]},
+    ]
     assert set(payload["metrics"]) == {"val_psnr", "val_ssim"} and payload["metrics"]["val_psnr"] > 0
     for name, tensor in averaged.state_dict().items():
         if tensor.is_floating_point():

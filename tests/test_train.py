@@ -47,8 +47,9 @@ def test_stage2_leaves_encoder_and_decoder_bit_identical(
 ) -> None:
     stage1, _ = load_weights(stage1_run / "last.pt")
     before = state_digest([stage1.encoder, stage1.decoder])
-    train_tiny("stage2", synthetic_data, tmp_path, "--stage1", str(stage1_run / "last.pt"), "--steps", "4",
-           "--val-every", "0")
+    train_tiny(
+        "stage2", synthetic_data, tmp_path, "--stage1", str(stage1_run / "last.pt"), "--steps", "4", "--val-every", "0"
+    )
     after, payload = load_weights(tmp_path / "last.pt")
     assert payload["stage"] == "stage2"
     # Weights AND BatchNorm running statistics are unchanged...
@@ -101,8 +102,23 @@ def test_resume_continues_exactly_where_it_stopped(synthetic_data: Path, tmp_pat
 
 
 def test_cosine_schedule_reaches_final_lr(synthetic_data: Path, tmp_path: Path) -> None:
-    train_tiny("stage1", synthetic_data, tmp_path, "--steps", "4", "--val-every", "0", "--log-every", "1",
-           "--lr-schedule", "cosine", "--lr", "2e-4", "--lr-final", "2e-5")
+    train_tiny(
+        "stage1",
+        synthetic_data,
+        tmp_path,
+        "--steps",
+        "4",
+        "--val-every",
+        "0",
+        "--log-every",
+        "1",
+        "--lr-schedule",
+        "cosine",
+        "--lr",
+        "2e-4",
+        "--lr-final",
+        "2e-5",
+    )
     lrs = [float(r["lr"]) for r in csv_rows(tmp_path / "train.csv")]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(2e-5)
 
@@ -110,9 +126,24 @@ def test_cosine_schedule_reaches_final_lr(synthetic_data: Path, tmp_path: Path) 
 @pytest.mark.timeout(270)
 def test_ddp_with_two_cpu_processes(synthetic_data: Path, tmp_path: Path) -> None:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "training", "stage1", "--data", str(synthetic_data), "--out", str(tmp_path),
-        *TINY, "--steps", "3", "--val-every", "0",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training",
+        "stage1",
+        "--data",
+        str(synthetic_data),
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "--steps",
+        "3",
+        "--val-every",
+        "0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
@@ -169,7 +200,9 @@ def test_makefile_presets_give_the_configs_of_the_old_flag_lists(target: str) ->
         pytest.skip("make is not installed")
     dry_run = subprocess.run(
         ["make", "-n", "-C", str(REPO), target, "PY=python", "DATA=D", "RUNS=R"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.replace("\\\n", " ")
     commands = [shlex.split(line)[3:] for line in dry_run.splitlines() if line.startswith("python -m training ")]
     assert all("--preset" in command for command in commands)
@@ -197,7 +230,7 @@ def test_presets_are_checked_like_flags(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["stage1", *base, "--preset", "nope"]) == 1
     assert "no preset 'nope'" in capsys.readouterr().err
     custom = tmp_path / "mine.toml"
-    custom.write_text('crop = 64\nexposure_gain = 0.5\n')
+    custom.write_text("crop = 64\nexposure_gain = 0.5\n")
     assert main(["stage1", *base, "--preset", str(custom)]) == 1
     assert "exposure_gain cannot be set by a stage1 preset" in capsys.readouterr().err
     custom.write_text('precision = "fp64"\n')

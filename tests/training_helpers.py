@@ -30,8 +30,10 @@ def store_args_as_before_train_config(last: Path) -> dict[str, Any]:
     ``func``. Returns the arguments the file held (plain values)."""
     payload = read_checkpoint(last)
     record: dict[str, Any] = payload.pop("args")
-    old_args = {key: Path(value) if key in ("data", "out", "stage1", "init") and value else value
-                for key, value in record.items()}
+    old_args = {
+        key: Path(value) if key in ("data", "out", "stage1", "init") and value else value
+        for key, value in record.items()
+    }
     model, _ = load_weights(last)
     extra = {key: value for key, value in payload.items() if key not in ("config", "model")}
     save_weights(model, last, **extra, args={**old_args, "func": run})
