@@ -1,0 +1,418 @@
+"""Benchmark: the int8 model against fp32 on the CPU (issue 14), speed and quality in one run.
+
+    python -m bench.int8 --fp32 model/weights/frlie.onnx --int8 PATH --data ../shared/data/lol-pairs
+
+Speed: each (size, precision) case runs in a fresh process (``bench.isolate``), so its peak RSS is
+its own; fp32 and int8 alternate size by size, so a change in background load hits both. Images go
+through the service's exact tiling (``service.tiling``): sizes up to ``--window-mp`` megapixels run
+as one call, larger ones (12 MP) as windows of at most that size, as the service would cut them.
+Time per image is the median of the timed runs after a warm-up call of the same input shape.
+
+Quality: every val pair (never the training images the int8 file was calibrated on) through both
+files as uint8 RGB -> uint8 RGB (``training.inference``), scored with the project's PSNR/SSIM
+against the references (``training.evaluate``), and the int8 output against the fp32 output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import images
+from bench.images import Size
+from bench.isolate import run_isolated
+from bench.machine import Machine, describe
+from bench.report import markdown_table, num, section, timestamp, write_json
+from bench.timing import measure
+from service.memory import current_rss_bytes
+
+log = logging.getLogger("bench.int8")
+
+DEFAULT_SIZES: tuple[Size, ...] = ((600, 400), (1920, 1080), (4000, 3000))
+DEFAULT_WINDOW_MP = 4.0
+# Issue 14's bar for shipping the int8 file.
+TARGET_SPEEDUP = 1.8
+TARGET_SPEEDUP_SIZES: tuple[Size, ...] = ((600, 400), (1920, 1080))
+MAX_PSNR_LOSS_DB = 0.1
+MAX_SSIM_LOSS = 0.005
+CASE_TIMEOUT_S = 3600.0
+PRECISIONS = ("fp32", "int8")
+
+
+# --- speed (runs in a fresh process per case) -----------------------------------------------------
+
+
+def time_case(
+    model: str, width: int, height: int, threads: int, max_repeats: int, budget_s: float, window_mp: float
+) -> dict[str, Any]:
+    """Time one file on one synthetic dim photo through the service's tiling; called by ``bench.isolate``.
+
+    Torch-free on purpose (nothing here imports it), so the peak RSS is what a service process needs.
+    """
+    import onnxruntime as ort
+
+    from service.tiling import extract_tile, plan_within_budget, stitch_tile
+
+    rss_before = current_rss_bytes()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    plan = plan_within_budget(
+        height,
+        width,
+        max_window_pixels=int(window_mp * 1e6),
+        receptive_radius=int(metadata["receptive_radius"]),
+        multiple=int(metadata.get("size_multiple", 4)),
+    )
+    photo = images.dark_photo((width, height))
+    window = np.empty((1, 3, *plan.window_shape), dtype=np.float32)
+    output = np.empty((height, width, 3), dtype=np.uint8)
+
+    def run_tile(tile: Any) -> None:
+        extract_tile(photo, plan, tile, window[0])
+        (result,) = session.run([output_name], {input_name: window})
+        stitch_tile(output, tile, result[0])
+
+    def run_image() -> None:
+        for tile in plan.tiles:
+            run_tile(tile)
+
+    started = time.perf_counter()
+    run_tile(plan.tiles[0])  # warm-up: first-call costs of this input shape (arena, kernels)
+    warmup_s = time.perf_counter() - started
+    timing = measure(run_image, warmup=0, max_repeats=max_repeats, budget_s=budget_s)
+    return {
+        "plan": plan.describe(),
+        "windows": len(plan.tiles),
+        "computed_megapixels": plan.computed_pixels / 1e6,
+        "intra_op_threads": threads or "auto",
+        "providers": session.get_providers(),
+        "rss_before_session_bytes": rss_before,
+        "warmup_call_s": warmup_s,
+        "timing": timing.to_dict(),
+    }
+
+
+def speed(
+    fp32: Path,
+    int8: Path,
+    sizes: tuple[Size, ...],
+    *,
+    threads: int,
+    max_repeats: int,
+    budget_s: float,
+    window_mp: float,
+) -> list[dict[str, Any]]:
+    """One row per size: both precisions (each in its own process), the speed-up and the peak RSS."""
+    rows = []
+    for size in sizes:
+        row: dict[str, Any] = {"size": images.label(size), "megapixels": images.megapixels(size)}
+        for precision, path in zip(PRECISIONS, (fp32, int8), strict=True):
+            log.info("speed %s %s", images.label(size), precision)
+            kwargs = {
+                "model": str(path),
+                "width": size[0],
+                "height": size[1],
+                "threads": threads,
+                "max_repeats": max_repeats,
+                "budget_s": budget_s,
+                "window_mp": window_mp,
+            }
+            row[precision] = run_isolated("bench.int8:time_case", kwargs, CASE_TIMEOUT_S)
+        fp32_case, int8_case = row["fp32"], row["int8"]
+        if "timing" in fp32_case and "timing" in int8_case:
+            row["speedup"] = fp32_case["timing"]["median_s"] / int8_case["timing"]["median_s"]
+        rows.append(row)
+    return rows
+
+
+# --- quality --------------------------------------------------------------------------------------
+
+
+def _keeping(enhancer: Any, kept: list[np.ndarray]) -> Any:
+    """The enhancer, also appending each output to ``kept`` (to compare the two files' outputs)."""
+
+    def run(image: np.ndarray) -> np.ndarray:
+        kept.append(enhancer(image))
+        return kept[-1]
+
+    return run
+
+
+def quality(fp32: Path, int8: Path, data: Path, exposures: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Mean PSNR/SSIM vs the references for both files on the val pairs, and int8 vs fp32 PSNR."""
+    from training.data import EXPOSURE_VARIANTS, list_pairs
+    from training.evaluate import evaluate_model, resolve_pairs_dir
+    from training.inference import load_enhancer
+    from training.metrics import psnr
+
+    pairs = list_pairs(resolve_pairs_dir(data, "val"))
+    enhancers = {"fp32": load_enhancer(fp32), "int8": load_enhancer(int8)}
+    rows = []
+    for exposure in exposures:
+        outputs: dict[str, list[np.ndarray]] = {}
+        scores = {}
+        for name, enhancer in enhancers.items():
+            log.info("quality %s on %d val pairs (%s)", name, len(pairs), exposure)
+            kept = outputs[name] = []
+            scores[name] = evaluate_model(
+                _keeping(enhancer, kept),
+                pairs,
+                baselines=None,
+                with_niqe=False,
+                progress=False,
+                exposure=EXPOSURE_VARIANTS[exposure],
+            )
+        versus = [psnr(i, f) for i, f in zip(outputs["int8"], outputs["fp32"], strict=True)]
+        finite = [value for value in versus if math.isfinite(value)]
+        rows.append(
+            {
+                "exposure": exposure,
+                "pairs": len(pairs),
+                "data": str(resolve_pairs_dir(data, "val")),
+                **{
+                    f"{name}_{metric}": scores[name]["mean"][metric]
+                    for name in enhancers
+                    for metric in ("psnr", "ssim")
+                },
+                "psnr_loss_db": scores["fp32"]["mean"]["psnr"] - scores["int8"]["mean"]["psnr"],
+                "ssim_loss": scores["fp32"]["mean"]["ssim"] - scores["int8"]["mean"]["ssim"],
+                "int8_vs_fp32_psnr_mean": statistics.fmean(finite) if finite else math.inf,
+                "int8_vs_fp32_psnr_min": min(versus),
+                "images": [
+                    {
+                        "name": a["name"],
+                        "fp32_psnr": a["psnr"],
+                        "int8_psnr": b["psnr"],
+                        "fp32_ssim": a["ssim"],
+                        "int8_ssim": b["ssim"],
+                        "int8_vs_fp32_psnr": v,
+                    }
+                    for a, b, v in zip(scores["fp32"]["images"], scores["int8"]["images"], versus, strict=True)
+                ],
+            }
+        )
+    return rows
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def _mb(value: float | None) -> str:
+    return num(None if value is None else value / 1e6)
+
+
+def _case_cells(case: dict[str, Any], megapixels: float) -> list[str]:
+    if "timing" not in case:
+        return [f"failed: {case.get('error', '?')}", "–", "–"]
+    seconds = case["timing"]["median_s"]
+    return [num(seconds * 1000), num(megapixels / seconds), _mb(case.get("peak_rss_bytes"))]
+
+
+def verdict(result: dict[str, Any]) -> list[str]:
+    """Issue 14's conditions, each with the measured figure and pass/fail."""
+    lines = []
+    speedups = {row["size"]: row.get("speedup") for row in result["speed"]}
+    for size in TARGET_SPEEDUP_SIZES:
+        value = speedups.get(images.label(size))
+        if value is not None:
+            mark = "pass" if value >= TARGET_SPEEDUP else "FAIL"
+            lines.append(
+                f"{mark}: int8 {num(value)}x faster than fp32 at {images.label(size)} (target >= {TARGET_SPEEDUP}x)"
+            )
+    for row in result["quality"]:
+        if row["exposure"] != "low":
+            continue
+        psnr_mark = "pass" if row["psnr_loss_db"] <= MAX_PSNR_LOSS_DB else "FAIL"
+        ssim_mark = "pass" if row["ssim_loss"] <= MAX_SSIM_LOSS else "FAIL"
+        lines.append(
+            f"{psnr_mark}: val PSNR {-row['psnr_loss_db']:+.3f} dB against fp32 (a loss of at most "
+            f"{MAX_PSNR_LOSS_DB} dB allowed)"
+        )
+        lines.append(
+            f"{ssim_mark}: val SSIM {-row['ssim_loss']:+.4f} against fp32 (a loss of at most {MAX_SSIM_LOSS} allowed)"
+        )
+    return lines
+
+
+SPEED_HEADERS = [
+    "size", "MP", "plan", "fp32 ms", "fp32 MP/s", "fp32 peak RSS MB", "int8 ms", "int8 MP/s", "int8 peak RSS MB",
+    "speed-up", "runs fp32/int8",
+]  # fmt: skip
+QUALITY_HEADERS = [
+    "input", "val pairs", "fp32 PSNR", "int8 PSNR", "Δ PSNR dB", "fp32 SSIM", "int8 SSIM", "Δ SSIM",
+    "int8 vs fp32 PSNR (mean)", "(min)",
+]  # fmt: skip
+QUALITY_NOTES = [
+    "PSNR/SSIM of the 8-bit outputs against the normal-light references (training.metrics); the last "
+    "two columns compare the int8 output with the fp32 output, image by image.",
+    "Input 'low' is the benchmark task; other rows are exposure variants of the same pairs "
+    "(training.data.EXPOSURE_VARIANTS), scored against the same references.",
+]
+
+
+def _speed_notes(config: dict[str, Any]) -> list[str]:
+    threads = config["threads"] or "auto (ORT default)"
+    return [
+        f"ONNX Runtime CPU provider, intra-op threads: {threads}; each case in a fresh process (peak RSS = "
+        "that process's high-water mark, Python and ORT included); fp32 and int8 alternate size by size.",
+        "Time per image: median of the timed runs after one warm-up call; images larger than "
+        f"{config['window_mp']} MP run as exact tiles (service.tiling): their time includes the halos.",
+    ]
+
+
+def _speed_row(row: dict[str, Any]) -> list[str]:
+    runs = "/".join(str(row[p].get("timing", {}).get("repeats", 0)) for p in PRECISIONS)
+    plan = row["int8"].get("plan", row["fp32"].get("plan", "–"))
+    cells = [*_case_cells(row["fp32"], row["megapixels"]), *_case_cells(row["int8"], row["megapixels"])]
+    return [row["size"], num(row["megapixels"]), plan, *cells, num(row.get("speedup")), runs]
+
+
+def _quality_row(row: dict[str, Any]) -> list[str]:
+    return [
+        row["exposure"], str(row["pairs"]), num(row["fp32_psnr"], 4), num(row["int8_psnr"], 4),
+        f"{-row['psnr_loss_db']:+.3f}", num(row["fp32_ssim"], 4), num(row["int8_ssim"], 4),
+        f"{-row['ssim_loss']:+.4f}", num(row["int8_vs_fp32_psnr_mean"], 4), num(row["int8_vs_fp32_psnr_min"], 4),
+    ]  # fmt: skip
+
+
+def markdown(result: dict[str, Any], caption: str) -> str:
+    """The speed and quality tables (with the machine caption) and the verdict lines."""
+    out = []
+    if result["speed"]:
+        table = markdown_table(SPEED_HEADERS, [_speed_row(row) for row in result["speed"]])
+        out.append(section("int8 vs fp32 on the CPU: speed", caption, table, _speed_notes(result["config"])))
+    if result["quality"]:
+        table = markdown_table(QUALITY_HEADERS, [_quality_row(row) for row in result["quality"]])
+        out.append(section("int8 vs fp32: quality on val", caption, table, QUALITY_NOTES))
+    out.append("\n".join(f"- {line}" for line in verdict(result)) + "\n")
+    return "\n".join(out)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.int8", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--fp32", type=Path, required=True, help="the fp32 ONNX file")
+    parser.add_argument("--int8", type=Path, required=True, help="its int8 version (training/quantize.py)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="lol-pairs root (its val/ split is used) or a val folder with low/ and high/; "
+        "without it, quality is skipped",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=images.parse_sizes,
+        default=DEFAULT_SIZES,
+        help="WIDTHxHEIGHT,... (default: 600x400,1920x1080,4000x3000)",
+    )
+    parser.add_argument("--skip-large", action="store_true", help="leave out sizes above --window-mp (the 12 MP case)")
+    parser.add_argument(
+        "--window-mp",
+        type=float,
+        default=DEFAULT_WINDOW_MP,
+        help="largest model call in megapixels; larger images run as exact tiles (default: 4)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default 0: ORT's choice)")
+    parser.add_argument("--repeats", type=int, default=5, help="most timed runs per case (default 5)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=20.0,
+        help="stop adding timed runs to a case after about this long (default 20 s; >= 1 run)",
+    )
+    parser.add_argument(
+        "--exposures",
+        default="low",
+        help="comma-separated val input variants: low, 'low x2', 'low x4', high (default: low)",
+    )
+    parser.add_argument("--no-speed", action="store_true", help="quality only")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
+    return parser
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    from training.data import EXPOSURE_VARIANTS
+
+    for path in (args.fp32, args.int8):
+        if not path.is_file():
+            raise SystemExit(f"error: no model at {path}")
+    unknown = [name for name in args.exposures if name not in EXPOSURE_VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: unknown exposure(s) {unknown}; choose among {sorted(EXPOSURE_VARIANTS)}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run, print the tables and the verdict, write --json; returns the JSON document."""
+    args = build_parser().parse_args(argv)
+    args.exposures = tuple(name.strip() for name in args.exposures.split(",") if name.strip())
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
+    _check_inputs(args)
+    sizes = tuple(s for s in args.sizes if not (args.skip_large and images.megapixels(s) > args.window_mp))
+    machine: Machine = describe()
+    started = time.perf_counter()
+    from training.export import read_metadata
+
+    result: dict[str, Any] = {
+        "benchmark": "int8",
+        "created": timestamp(),
+        "command": sys.argv if argv is None else ["python", "-m", "bench.int8", *argv],
+        "machine": machine.to_dict(),
+        "config": {
+            "fp32": str(args.fp32),
+            "int8": str(args.int8),
+            "sizes": [images.label(s) for s in sizes],
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "budget_s": args.budget_s,
+            "window_mp": args.window_mp,
+            "exposures": list(args.exposures),
+        },
+        "fp32_metadata": {k: v for k, v in read_metadata(args.fp32).items() if k in ("model_version", "precision")},
+        "int8_quantization": json.loads(read_metadata(args.int8).get("quantization", "null")),
+        "speed": []
+        if args.no_speed
+        else speed(
+            args.fp32,
+            args.int8,
+            sizes,
+            threads=args.threads,
+            max_repeats=args.repeats,
+            budget_s=args.budget_s,
+            window_mp=args.window_mp,
+        ),
+        "quality": [] if args.data is None else quality(args.fp32, args.int8, args.data, args.exposures),
+    }
+    result["elapsed_s"] = time.perf_counter() - started
+    from bench.cli import caption  # imports torch: late
+
+    result["verdict"] = verdict(result)
+    result["markdown"] = markdown(result, caption(machine))
+    print(result["markdown"], flush=True)
+    if args.json:
+        write_json(args.json, result)
+        log.info("wrote %s", args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
