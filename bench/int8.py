@@ -16,7 +16,6 @@ against the references (``training.evaluate``), and the int8 output against the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import statistics
@@ -60,6 +59,7 @@ def time_case(
     """
     import onnxruntime as ort
 
+    from model.contract import RECEPTIVE_RADIUS, SIZE_MULTIPLE
     from service.tiling import extract_tile, plan_within_budget, stitch_tile
 
     rss_before = current_rss_bytes()
@@ -72,8 +72,8 @@ def time_case(
         height,
         width,
         max_window_pixels=int(window_mp * 1e6),
-        receptive_radius=int(metadata["receptive_radius"]),
-        multiple=int(metadata.get("size_multiple", 4)),
+        receptive_radius=int(metadata[RECEPTIVE_RADIUS]),
+        multiple=int(metadata[SIZE_MULTIPLE]),
     )
     photo = images.dark_photo((width, height))
     window = np.empty((1, 3, *plan.window_shape), dtype=np.float32)
@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine: Machine = describe()
     started = time.perf_counter()
     from training.export import read_metadata
+    from training.quantize import read_quantization
 
     result: dict[str, Any] = {
         "benchmark": "int8",
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "exposures": list(args.exposures),
         },
         "fp32_metadata": {k: v for k, v in read_metadata(args.fp32).items() if k in ("model_version", "precision")},
-        "int8_quantization": json.loads(read_metadata(args.int8).get("quantization", "null")),
+        "int8_quantization": read_quantization(args.int8),
         "speed": []
         if args.no_speed
         else speed(

@@ -46,15 +46,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from model.contract import INPUT_NAME, OUTPUT_NAME, PRECISION
 from training.data import EXPOSURE_VARIANTS, PairedDataError, list_pairs, load_rgb
 from training.export import read_metadata
 from training.inference import pad_image
 from training.metrics import psnr
-
-try:  # the ONNX contract shared with the service
-    from model.contract import INPUT_NAME, OUTPUT_NAME
-except ImportError:  # trees from before model/contract.py kept the names in training.export
-    from training.export import INPUT_NAME, OUTPUT_NAME  # type: ignore[attr-defined,no-redef]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +66,6 @@ ROLE_NORMALIZATION = "normalization"
 ROLES = (ROLE_FIRST_CONV, ROLE_LAST_CONV, ROLE_LAST_CONV_INPUT, ROLE_OUTPUT_TAIL, ROLE_NORMALIZATION)
 NORMALIZATION_OPS = ("BatchNormalization", "InstanceNormalization", "LayerNormalization")
 QUANTIZATION_KEY = "quantization"
-PRECISION_KEY = "precision"
 
 
 class QuantizationError(ValueError):
@@ -341,8 +336,8 @@ def _load_fp32(path: str | Path) -> tuple[Path, onnx.ModelProto]:
             f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, got {inputs} -> {outputs}"
         )
     props = {p.key: p.value for p in model.metadata_props}
-    if props.get(PRECISION_KEY, "fp32") != "fp32":
-        raise QuantizationError(f"{path} has precision {props[PRECISION_KEY]!r}: quantize the fp32 file")
+    if props.get(PRECISION, "fp32") != "fp32":
+        raise QuantizationError(f"{path} has precision {props[PRECISION]!r}: quantize the fp32 file")
     if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
         raise QuantizationError(f"{path} is already quantized")
     return path, model
@@ -603,7 +598,7 @@ def quantize_int8(
             "data": "training images not used for calibration where enough exist",
         }
         record["check"] = check
-    props[PRECISION_KEY] = "int8"
+    props[PRECISION] = "int8"
     props[QUANTIZATION_KEY] = json.dumps(record)
     model = _finish(out_path, fp32, props)
     if min_check_psnr_db is not None and check and (check["psnr_vs_fp32_db"] or math.inf) < min_check_psnr_db:
