@@ -74,7 +74,7 @@ export: $(VENV)/.dev-installed
 	$(PY) -m training export --checkpoint $(CHECKPOINT) --out $(MODEL)
 
 ship: $(VENV)/.dev-installed
-	$(PY) -m training ship --run $(RUN) --checkpoint $(SHIP_CHECKPOINT) --model-version "$(VERSION)"
+	$(PY) -m training ship --run $(RUN) --checkpoint $(SHIP_CHECKPOINT) --model-version "$(VERSION)" --data $(DATA)
 
 evaluate: $(VENV)/.dev-installed
 	$(PY) -m training evaluate --model $(MODEL) --data $(DATA) --split val

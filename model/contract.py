@@ -28,3 +28,15 @@ ONNX_NAME = "frlie.onnx"
 WEIGHTS_NAME = "frlie.pt"
 TRAINING_RECORD_NAME = "training-config.json"
 BUNDLED_MODEL_PATH = WEIGHTS_DIR / ONNX_NAME
+
+# Quantized files sit beside their fp32 model as NAME-int8.onnx; their QUANTIZATION property (JSON)
+# records the method and whether the int8 file met the quality gate against its fp32 model.
+QUANTIZATION = "quantization"
+INT8_SUFFIX = "-int8"
+QUALITY_GATE = "quality_gate"
+GATE_PASSED = "passed"
+
+
+def int8_path(model_path: Path) -> Path:
+    """Where the int8 version of an fp32 model file lives."""
+    return model_path.with_name(f"{model_path.stem}{INT8_SUFFIX}{model_path.suffix}")

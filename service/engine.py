@@ -8,6 +8,7 @@ model version and the receptive radius that exact tiling depends on.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import onnxruntime as ort
 
 from model import contract
 from service.memory import measure_peak_growth, return_freed_buffers_to_the_os
-from service.settings import DEFAULT_GPU_TILE_SIZE, Settings
+from service.settings import CPU_PROVIDER, DEFAULT_GPU_TILE_SIZE, Settings
 from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
 
 log = logging.getLogger(__name__)
@@ -47,23 +48,62 @@ def _provider_list(settings: Settings) -> list[str | tuple[str, dict[str, object
     return [(name, {"device_id": settings.device_id}) if name in GPU_PROVIDERS else name for name in settings.providers]
 
 
+def session_options(settings: Settings) -> ort.SessionOptions:
+    """ORT options as the service runs the model (also used to time models the way it would)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = settings.intra_op_threads
+    # Memory patterns pre-plan one block per input shape: twice the peak memory, no speed gain here.
+    options.enable_mem_pattern = False
+    # Without the CPU arena, the memory of a large window goes back to the OS after the call
+    # instead of staying reserved for the life of the process (same speed, measured).
+    options.enable_cpu_mem_arena = False
+    return options
+
+
+def _passed_quality_gate(session: ort.InferenceSession) -> bool:
+    """Whether an int8 file records that it met its quality gate against the fp32 model."""
+    record = session.get_modelmeta().custom_metadata_map.get(contract.QUANTIZATION, "{}")
+    try:
+        return bool(json.loads(record).get(contract.QUALITY_GATE) == contract.GATE_PASSED)
+    except (ValueError, AttributeError):
+        return False
+
+
+def open_model(settings: Settings) -> tuple[ort.InferenceSession, Path]:
+    """The ORT session FRLIE_PRECISION asks for, and the file it runs.
+
+    ``auto`` runs the int8 sibling only where it pays: on the CPU provider (integer kernels are
+    CPU kernels), and only if the file passed its quality gate when it was made.
+    """
+    fp32_path, int8_file = settings.model_path, contract.int8_path(settings.model_path)
+    options, providers = session_options(settings), _provider_list(settings)
+    if settings.precision == "int8":
+        if not int8_file.is_file():
+            raise ModelFileError(
+                f"FRLIE_PRECISION=int8 but {int8_file} does not exist: make it with "
+                f"`python -m training export --int8` (or `ship`), or set FRLIE_PRECISION=fp32"
+            )
+        return ort.InferenceSession(str(int8_file), options, providers=providers), int8_file
+    if not fp32_path.is_file():
+        raise ModelFileError(missing_model_message(fp32_path))
+    session = ort.InferenceSession(str(fp32_path), options, providers=providers)
+    if settings.precision == "auto" and session.get_providers()[0] == CPU_PROVIDER and int8_file.is_file():
+        candidate = ort.InferenceSession(str(int8_file), options, providers=providers)
+        if _passed_quality_gate(candidate):
+            log.info("the CPU runs the model: using %s (int8)", int8_file.name)
+            return candidate, int8_file
+        log.warning("%s did not pass its quality gate against fp32: running %s", int8_file.name, fp32_path.name)
+    return session, fp32_path
+
+
 class Engine:
     """One ORT session, the tile geometry derived from its metadata, and batch execution."""
 
     def __init__(self, settings: Settings) -> None:
-        path = settings.model_path
-        if not path.is_file():
-            raise ModelFileError(missing_model_message(path))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = settings.intra_op_threads
-        # Memory patterns pre-plan one block per input shape: twice the peak memory, no speed gain here.
-        options.enable_mem_pattern = False
-        # Without the CPU arena, the memory of a large window goes back to the OS after the call
-        # instead of staying reserved for the life of the process (same speed, measured).
-        options.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(str(path), options, providers=_provider_list(settings))
+        self.session, path = open_model(settings)
+        self.model_file = path
         self.providers: list[str] = self.session.get_providers()
         if self.providers[0] != settings.providers[0]:
             log.warning("requested %s but ONNX Runtime runs on %s", settings.providers, self.providers)
@@ -75,7 +115,10 @@ class Engine:
                 f"{path} has no {contract.RECEPTIVE_RADIUS} metadata; export it with `python -m training export`"
             )
         self.metadata = dict(metadata)
-        self.model_version = metadata.get(contract.MODEL_VERSION, contract.UNVERSIONED)
+        self.precision = metadata.get(contract.PRECISION, "unknown")
+        version = metadata.get(contract.MODEL_VERSION, contract.UNVERSIONED)
+        # The version names the weights; an int8 file of them says so, as X-Model-Version does.
+        self.model_version = version if self.precision in ("fp32", "unknown") else f"{version} [{self.precision}]"
         self.receptive_radius = int(metadata[contract.RECEPTIVE_RADIUS])
         self.size_multiple = int(metadata.get(contract.SIZE_MULTIPLE, "4"))
         on_gpu = self.provider in GPU_PROVIDERS
@@ -234,7 +277,8 @@ class Engine:
             "model_version": self.model_version,
             "execution_provider": self.provider,
             "providers": self.providers,
-            "precision": self.metadata.get(contract.PRECISION, "unknown"),
+            "precision": self.precision,
+            "model_file": self.model_file.name,
             "receptive_radius": self.receptive_radius,
             "tiling": "cost-aware" if self.cost_aware else "fixed",
             "tile_core": None if self.cost_aware else self.tile_core,

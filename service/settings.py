@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         BUNDLED_MODEL_PATH,
         description="ONNX file exported by `python -m training export`; defaults to the bundled model.",
     )
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="Which file of the model runs: `fp32` the model file itself, `int8` its quantized "
+        "sibling NAME-int8.onnx (written by `ship` or `export --int8`), `auto` the int8 file when the CPU "
+        "provider runs the model and that file passed its quality gate against fp32, otherwise fp32.",
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         [CUDA_PROVIDER, CPU_PROVIDER],
         min_length=1,

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import write_synthetic_pairs
 from training_helpers import store_args_as_before_train_config, train_tiny
 
 from model.checkpoint import load_weights, read_checkpoint
@@ -137,3 +138,34 @@ def test_average_needs_two_checkpoints_of_the_same_network(
         average_models([stage2_run / "best.pt"])
     assert main(["average", "--run", str(stage2_run), "--data", str(synthetic_data), "--checkpoints", "best.pt"]) == 1
     assert "at least two" in capsys.readouterr().err
+
+
+def test_ship_with_data_writes_a_gated_int8_file_and_without_removes_a_stale_one(
+    stage2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    write_synthetic_pairs(data / "train", 10, seed=3)
+    write_synthetic_pairs(data / "val", 2, seed=4)
+    dest = tmp_path / "weights"
+    # The shipped recipe calibrates on 48 training images: too few is a clear error, nothing shipped.
+    assert _ship(stage2_run, dest, "--data", str(data)) == 1
+    assert "cannot make the int8 file" in capsys.readouterr().err and not (dest / "frlie.onnx").exists()
+    write_synthetic_pairs(data / "train", 52, size=(256, 256), seed=3)
+    assert _ship(stage2_run, dest, "--data", str(data)) == 0
+    tmp_path = dest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "frlie-int8.onnx",
+        "frlie.onnx",
+        "frlie.pt",
+        "training-config.json",
+    ]
+    meta = read_metadata(tmp_path / "frlie-int8.onnx")
+    record = json.loads(meta["quantization"])
+    assert meta["precision"] == "int8" and meta["model_version"] == "test-1"
+    assert record["quality_gate"] in ("passed", "failed")
+    gate = record["gate"]
+    assert gate["val_pairs"] == 2 and {row["size"] for row in gate["speed"]} == {"600x400", "1920x1080"}
+    assert gate["passed"] == (record["quality_gate"] == "passed")
+    # New weights without --data: the int8 file of the old ones must not stay beside them.
+    assert _ship(stage2_run, tmp_path, "--force") == 0
+    assert not (tmp_path / "frlie-int8.onnx").exists()

@@ -19,6 +19,7 @@ import torch
 from model import contract
 from model.checkpoint import load_weights
 from model.network import FRLIE, SIZE_MULTIPLE
+from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fp16", action="store_true", help="convert weights to fp16 (inputs/outputs stay fp32)")
     parser.add_argument("--model-version", default=None, help="version string stored in the metadata")
     parser.add_argument("--training-data", default="lol-pairs/train (247 pairs)", help="stored in the metadata")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write the int8 file beside --out (NAME-int8.onnx): ONNX Runtime static quantization "
+        "calibrated on --data's train/, gated against fp32 on its val/ and this CPU",
+    )
+    parser.add_argument("--data", type=Path, help="lol-pairs root for --int8 (train/ and val/)")
     parser.set_defaults(func=run)
 
 
@@ -152,6 +160,8 @@ def checkpoint_metadata(payload: dict[str, Any], *, model_version: str | None, t
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.int8 and (args.data is None or args.fp16):
+        raise TrainingError("--int8 needs --data (calibration on train/, gate on val/) and an fp32 export (no --fp16)")
     model, payload = load_weights(args.checkpoint)
     metadata = checkpoint_metadata(payload, model_version=args.model_version, training_data=args.training_data)
     report = export_onnx(model, args.out, fp16=args.fp16, metadata=metadata)
@@ -162,4 +172,9 @@ def run(args: argparse.Namespace) -> int:
         if args.fp16:
             line += f", PSNR vs fp32 = {entry['psnr_vs_fp32_db']:.2f} dB"
         print(line)
+    if args.int8:
+        from training.int8_gate import build_and_gate, describe
+
+        figures = build_and_gate(args.out, args.data)
+        print(f"wrote {figures['path']}: {describe(figures)}")
     return 0

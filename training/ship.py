@@ -8,6 +8,7 @@ are better on validation PSNR by `--min-gain-db` (the project keeps weight histo
 `--force` overrides for a documented reason (e.g. a large SSIM gain). `--checkpoint last` ships the
 end of the learning-rate schedule instead of the best-PSNR checkpoint, free of selection on val;
 `--checkpoint averaged` ships the weight average written by `python -m training average`.
+With `--data` it also writes the int8 file (`training.int8_gate`), regenerated with every release.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import load_weights, read_checkpoint, save_weights
-from model.contract import ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME
+from model.contract import BUNDLED_MODEL_PATH, ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME, int8_path
 from model.network import FRLIE
 from training.errors import TrainingError
 from training.export import checkpoint_metadata, export_onnx
+from training.int8_gate import build_and_gate, describe
 from training.runs import CHECKPOINT_FILES, LAST, VAL_LOG, read_val_log, run_arguments
 
 # Shipping writes where the service looks for its default model.
 SHIPPED_DIR, CONFIG_NAME = WEIGHTS_DIR, TRAINING_RECORD_NAME
+INT8_NAME = int8_path(BUNDLED_MODEL_PATH).name
 
 
 def _run_record(run_dir: Path, selected: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -117,8 +120,14 @@ def ship(
     min_gain_db: float,
     force: bool,
     which: str = "best",
+    data: Path | None = None,
 ) -> dict[str, Any]:
-    """Export and write the three shipped files into ``dest``; returns a summary of what was done."""
+    """Export and write the shipped files into ``dest``; returns a summary of what was done.
+
+    With ``data`` (a lol-pairs root), the int8 file is made too (calibrated on train/, gated on
+    val/ and this CPU); without it, an int8 file of the previous weights is removed, never kept
+    beside new weights.
+    """
     model, payload = select_checkpoint(run_dir, which)
     new_psnr = payload.get("metrics", {}).get("val_psnr")
     old_psnr = _current_psnr(dest)
@@ -143,7 +152,13 @@ def ship(
             model_version=model_version,
         )
         (staging / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        for name in (ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME):
+        int8 = build_and_gate(staging / ONNX_NAME, data) if data is not None else None
+        names = [ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME]
+        if int8 is not None:
+            names.append(INT8_NAME)
+        else:
+            (dest / INT8_NAME).unlink(missing_ok=True)
+        for name in names:
             shutil.move(staging / name, dest / name)
     return {
         "step": payload.get("step"),
@@ -151,6 +166,7 @@ def ship(
         "previous_val_psnr": old_psnr,
         "onnx_max_abs_diff": report["max_abs_diff"],
         "onnx_mb": (dest / ONNX_NAME).stat().st_size / 1e6,
+        "int8": int8,
     }
 
 
@@ -176,6 +192,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "or averaged.pt (`python -m training average`)",
     )
     parser.add_argument("--force", action="store_true", help="replace the shipped weights without the gain")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help=f"lol-pairs root: also write {INT8_NAME}, calibrated on its train/ and gated on its val/ "
+        "(without it, an int8 file of the previous weights is removed; `make ship` passes DATA)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -188,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         min_gain_db=args.min_gain_db,
         force=args.force,
         which=args.checkpoint,
+        data=args.data,
     )
     val = summary["val"]
     print(
@@ -195,4 +218,8 @@ def run(args: argparse.Namespace) -> int:
         f"SSIM {val.get('val_ssim', float('nan')):.4f} (previous: {summary['previous_val_psnr']}); "
         f"{ONNX_NAME} {summary['onnx_mb']:.1f} MB, max |onnx - torch| {summary['onnx_max_abs_diff']:.1e}"
     )
+    if summary["int8"] is not None:
+        print(f"{INT8_NAME}: {describe(summary['int8'])}")
+    else:
+        print(f"no {INT8_NAME}: pass --data to make and gate it")
     return 0
