@@ -1,9 +1,9 @@
 """The bundled model in model/weights: consistent files, and the quality bar of the project on real data.
 
 The bar is the release floor of the default model on low -> high val pairs (raw model output, no
-strength blend). Model 2.0 trades benchmark PSNR for exposure robustness (see model/MODEL_CARD.md):
+strength blend). Model 2.x trades benchmark PSNR for exposure robustness (see model/MODEL_CARD.md):
 1.x met 21.5 dB / 0.80 on this row but answered moderately dark and well-exposed photos with
-8-14 dB; 2.0's floor here is 20.5 dB / 0.76. The numbers are measured on the shipped ONNX file,
+8-14 dB; the 2.x floor here is 20.5 dB / 0.76. The numbers are measured on the shipped ONNX file,
 never read back from where they were written.
 """
 
