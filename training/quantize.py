@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from model.contract import INPUT_NAME, OUTPUT_NAME, PRECISION
+from model.contract import INPUT_NAME, OUTPUT_NAME, PRECISION, QUANTIZATION
 from training.data import EXPOSURE_VARIANTS, PairedDataError, list_pairs, load_rgb
 from training.export import read_metadata
 from training.inference import pad_image
@@ -65,7 +65,6 @@ ROLE_LAST_CONV_INPUT = "last_conv_input"
 ROLE_NORMALIZATION = "normalization"
 ROLES = (ROLE_FIRST_CONV, ROLE_LAST_CONV, ROLE_LAST_CONV_INPUT, ROLE_OUTPUT_TAIL, ROLE_NORMALIZATION)
 NORMALIZATION_OPS = ("BatchNormalization", "InstanceNormalization", "LayerNormalization")
-QUANTIZATION_KEY = "quantization"
 
 
 class QuantizationError(ValueError):
@@ -599,7 +598,7 @@ def quantize_int8(
         }
         record["check"] = check
     props[PRECISION] = "int8"
-    props[QUANTIZATION_KEY] = json.dumps(record)
+    props[QUANTIZATION] = json.dumps(record)
     model = _finish(out_path, fp32, props)
     if min_check_psnr_db is not None and check and (check["psnr_vs_fp32_db"] or math.inf) < min_check_psnr_db:
         raise QuantizationError(
@@ -631,7 +630,7 @@ def _held_out(folder: Path, count: int, crop: int | None, recipe: Recipe) -> Cal
 
 def read_quantization(path: str | Path) -> dict[str, Any] | None:
     """The ``quantization`` record of an int8 file (None for a file without one)."""
-    value = read_metadata(path).get(QUANTIZATION_KEY)
+    value = read_metadata(path).get(QUANTIZATION)
     return json.loads(value) if value else None
 
 
