@@ -30,7 +30,7 @@ from bench import images
 from bench.images import Size
 from bench.isolate import run_isolated
 from bench.machine import Machine, describe
-from bench.report import markdown_table, num, section, timestamp, write_json
+from bench.report import markdown_table, num, publish, section, timestamp
 from bench.timing import measure
 from service.memory import current_rss_bytes
 
@@ -403,14 +403,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quality": [] if args.data is None else quality(args.fp32, args.int8, args.data, args.exposures),
     }
     result["elapsed_s"] = time.perf_counter() - started
-    from bench.cli import caption  # imports torch: late
-
     result["verdict"] = verdict(result)
-    result["markdown"] = markdown(result, caption(machine))
-    print(result["markdown"], flush=True)
-    if args.json:
-        write_json(args.json, result)
-        log.info("wrote %s", args.json)
+    publish(result, markdown, machine, args.json)
     return result
 
 

@@ -42,7 +42,7 @@ from PIL import Image
 from bench import REPO_ROOT, images
 from bench.images import Size
 from bench.machine import Machine, describe
-from bench.report import MISSING, markdown_table, num, section, timestamp, write_json
+from bench.report import MISSING, markdown_table, num, publish, section, timestamp
 from bench.server import ServerProcess
 from bench.service_config import setting_env
 from model.contract import BUNDLED_MODEL_PATH
@@ -560,14 +560,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine.to_dict(),
         **result,
     }
-    from bench.cli import caption  # the captions every benchmark table carries (imports torch, so: late)
-
-    document["markdown"] = markdown(document, caption(machine))
-    print(document["markdown"], flush=True)
-    print(summary(document), flush=True)
-    if args.json:
-        write_json(args.json, document)
-        log.info("wrote %s", args.json)
+    publish(document, markdown, machine, args.json, summary=summary(document))
     return document
 
 

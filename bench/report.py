@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,24 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def publish(
+    document: dict[str, Any],
+    render: Callable[[dict[str, Any], str], str],
+    machine: Any,
+    json_path: Path | None,
+    *,
+    summary: str | None = None,
+) -> None:
+    """Render ``document`` under the machine's caption into ``document["markdown"]``, print it (and
+    ``summary``), and write the JSON when asked: the ending every standalone benchmark shares."""
+    from bench.cli import caption  # the captions every benchmark table carries (imports torch, so: late)
+
+    document["markdown"] = render(document, caption(machine))
+    print(document["markdown"], flush=True)
+    if summary is not None:
+        print(summary, flush=True)
+    if json_path:
+        write_json(json_path, document)
+        logging.getLogger(__name__).info("wrote %s", json_path)
