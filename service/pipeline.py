@@ -19,6 +19,7 @@ from service import imageio
 from service.admission import Cost
 from service.batcher import Batcher, BatchReport
 from service.engine import Engine
+from service.exposure import estimate_exposure
 from service.imageio import OutputFormat, OutputSpec
 from service.metrics import Metrics
 from service.settings import Settings
@@ -45,6 +46,7 @@ class EnhancedFile:
     tiles: int
     inference_seconds: float
     strength: float  # what was applied: 0 is the upload unchanged, 1 the model output
+    exposure_gain: float  # what the upload was multiplied by before the model (1: not darkened)
     plan: str
 
 
@@ -67,8 +69,9 @@ class Pipeline:
     async def close(self) -> None:
         await self.batcher.close()
 
-    async def enhance_pixels(self, image: np.ndarray, out_dtype: type = np.uint8) -> Enhancement:
-        """Enhance H x W x 3 (uint8, or float32 in [0, 1]); uint8 output is rounded, float is raw."""
+    async def enhance_pixels(self, image: np.ndarray, out_dtype: type = np.uint8, gain: float = 1.0) -> Enhancement:
+        """Enhance H x W x 3 (uint8, or float32 in [0, 1]) scaled by ``gain`` (exposure normalisation);
+        uint8 output is rounded, float is raw."""
         height, width = image.shape[:2]
         plan = self.engine.plan(height, width)
         output: np.ndarray = np.empty((height, width, 3), dtype=out_dtype)
@@ -82,7 +85,7 @@ class Pipeline:
             for tile in plan.tiles:
                 if len(pending) >= tiles_in_flight:
                     reports.add(await pending.popleft())
-                fill = partial(extract_tile, image, plan, tile)
+                fill = partial(extract_tile, image, plan, tile, gain=gain)
                 store = partial(stitch_tile, output, tile)
                 pending.append(self.batcher.submit(shape, fill, store))
             while pending:
@@ -116,16 +119,20 @@ class Pipeline:
         decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels)
         spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
         alpha, icc_profile = decoded.alpha, decoded.icc_profile
-        applied = await asyncio.to_thread(resolve_strength, strength, decoded.rgb, self.settings.auto_strength)
+        exposure = await asyncio.to_thread(estimate_exposure, decoded.rgb)
+        applied = resolve_strength(strength, exposure, self.settings.auto_strength)
+        gain = self.settings.exposure_normalisation.gain_for(exposure)
         if applied <= 0.0:  # the upload itself: no model call at all
             enhancement = Enhancement(decoded.rgb, 0, 0.0)
         else:
             with (admit or _admit_everything)(self.cost(decoded.height, decoded.width)):
-                enhancement = await self.enhance_pixels(decoded.rgb)
+                enhancement = await self.enhance_pixels(decoded.rgb, gain=gain)
             await asyncio.to_thread(blend_into, enhancement.pixels, decoded.rgb, applied)
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
-        return EnhancedFile(encoded, spec, enhancement.tiles, enhancement.inference_seconds, applied, enhancement.plan)
+        return EnhancedFile(
+            encoded, spec, enhancement.tiles, enhancement.inference_seconds, applied, gain, enhancement.plan
+        )
 
 
 def _admit_everything(_: Cost) -> AbstractContextManager[None]:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.contract import BUNDLED_MODEL_PATH
+from service.exposure import ExposureNormalisation
 from service.strength import AutoStrength
 
 ENV_PREFIX = "FRLIE_"
@@ -167,6 +168,22 @@ class Settings(BaseSettings):
         description="strength=auto: the strength given to bright photos (0: returned unchanged).",
     )
 
+    # --- exposure normalisation -----------------------------------------------------------
+    exposure_reference: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Uploads brighter than this mean luma (0-1) are darkened towards it before the model, "
+        "which was trained on dark LOL-style photos (0: off). Tuned with the bundled model.",
+    )
+    exposure_power: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="How far brighter uploads are darkened: gain (reference / exposure) ** power "
+        "(1: all the way to the reference).",
+    )
+
     # --- server ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `python -m service serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `python -m service serve` binds.")
@@ -195,6 +212,10 @@ class Settings(BaseSettings):
     @property
     def auto_strength(self) -> AutoStrength:
         return AutoStrength(self.auto_strength_dark, self.auto_strength_bright, self.auto_strength_floor)
+
+    @property
+    def exposure_normalisation(self) -> ExposureNormalisation:
+        return ExposureNormalisation(self.exposure_reference, self.exposure_power)
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -17,9 +17,6 @@ import numpy as np
 AUTO: Literal["auto"] = "auto"
 Strength = Literal["auto"] | float
 
-# ITU-R BT.601 luma weights: the exposure estimate is the mean gray level the eye would see.
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-EXPOSURE_SAMPLE_STEP = 4  # every 4th row and column: the mean of a large photo barely changes
 BLEND_ROWS = 256  # rows blended per step, so a 24 MP blend needs no full-size float copy
 
 
@@ -27,7 +24,7 @@ BLEND_ROWS = 256  # rows blended per step, so a 24 MP blend needs no full-size f
 class AutoStrength:
     """``auto``: full strength up to exposure ``dark``, falling linearly to ``floor`` at ``bright``.
 
-    Exposure is the mean luma in [0, 1] (see ``estimate_exposure``).
+    Exposure is the mean luma in [0, 1] (see ``service.exposure.estimate_exposure``).
     """
 
     dark: float
@@ -45,18 +42,11 @@ class AutoStrength:
         return 1.0 - position * (1.0 - self.floor)
 
 
-def estimate_exposure(image: np.ndarray) -> float:
-    """Mean luma in [0, 1] of an H x W x 3 image (uint8, or float in [0, 1]), from a regular subsample."""
-    sample = image[::EXPOSURE_SAMPLE_STEP, ::EXPOSURE_SAMPLE_STEP].astype(np.float32)
-    if image.dtype == np.uint8:
-        sample /= np.float32(255.0)
-    return float(np.clip(sample @ LUMA_WEIGHTS, 0.0, 1.0).mean())
-
-
-def resolve_strength(requested: Strength, image: np.ndarray, auto: AutoStrength) -> float:
-    """The strength in [0, 1] to apply to ``image``: the requested number, or ``auto``'s choice."""
+def resolve_strength(requested: Strength, exposure: float, auto: AutoStrength) -> float:
+    """The strength in [0, 1] to apply to an upload of ``exposure`` (``estimate_exposure``): the
+    requested number, or ``auto``'s choice."""
     if requested == AUTO:
-        return auto.strength_for(estimate_exposure(image))
+        return auto.strength_for(exposure)
     value = float(requested)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"strength must be 'auto' or a number from 0 to 1, got {requested!r}")

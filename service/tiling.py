@@ -184,8 +184,9 @@ def tile_window_shape(core: int, receptive_radius: int, multiple: int) -> tuple[
     return side, side
 
 
-def extract_tile(image: np.ndarray, plan: TilePlan, tile: Tile, out: np.ndarray) -> None:
-    """Write the tile's window of ``image`` (H x W x 3, uint8 or float in [0, 1]) into ``out`` (3 x h x w float32)."""
+def extract_tile(image: np.ndarray, plan: TilePlan, tile: Tile, out: np.ndarray, gain: float = 1.0) -> None:
+    """Write the tile's window of ``image`` (H x W x 3, uint8 or float in [0, 1]) into ``out`` (3 x h x w
+    float32), multiplied by ``gain`` (the exposure normalisation: per pixel, so tiling stays exact)."""
     height, width = plan.window_shape
     rows = plan.row_index[tile.rows.start : tile.rows.start + height]
     cols = plan.col_index[tile.cols.start : tile.cols.start + width]
@@ -193,6 +194,8 @@ def extract_tile(image: np.ndarray, plan: TilePlan, tile: Tile, out: np.ndarray)
     out[...] = window.transpose(2, 0, 1)
     if image.dtype == np.uint8:
         out /= np.float32(255.0)
+    if gain != 1.0:
+        out *= np.float32(gain)
 
 
 def stitch_tile(output: np.ndarray, tile: Tile, result: np.ndarray) -> None:

@@ -17,6 +17,8 @@ from PIL import Image
 
 import bench.server
 from bench.service_config import setting_env
+from service.exposure import estimate_exposure
+from service.settings import Settings
 
 TINY_MODEL_VERSION = "test-tiny"
 STARTUP_TIMEOUT_S = 60.0
@@ -51,13 +53,22 @@ def export_tiny_model(directory: Path) -> Path:
     return _exported["tiny"]
 
 
-def reference_enhance(model_path: Path, rgb: np.ndarray) -> np.ndarray:
-    """Independent whole-image reference: pad bottom/right (reflect) to a multiple of 4 and >= 20, run, crop, round."""
+def reference_enhance(model_path: Path, rgb: np.ndarray, gain: float | None = None) -> np.ndarray:
+    """Independent whole-image reference: pad bottom/right (reflect) to a multiple of 4 and >= 20, run, crop, round.
+
+    ``gain`` is the exposure normalisation applied to the input first; None: what the service's
+    default settings give this image (test_service_exposure checks that choice on its own).
+    """
+    if gain is None:
+        gain = Settings().exposure_normalisation.gain_for(estimate_exposure(rgb))
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     height, width = rgb.shape[:2]
     pad_h = max(20, -(-height // 4) * 4) - height
     pad_w = max(20, -(-width // 4) * 4) - width
-    padded = np.pad(rgb.astype(np.float32) / 255.0, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+    scaled = rgb.astype(np.float32) / np.float32(255.0)
+    if gain != 1.0:  # the same two float32 steps as service.tiling.extract_tile, so the pixels are identical
+        scaled *= np.float32(gain)
+    padded = np.pad(scaled, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
     (output,) = session.run(["enhanced"], {"image": padded.transpose(2, 0, 1)[None]})
     return np.rint(np.clip(output[0, :, :height, :width].transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
 

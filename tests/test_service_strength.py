@@ -19,8 +19,9 @@ from service_helpers import (
     reference_enhance,
 )
 
+from service.exposure import estimate_exposure
 from service.settings import Settings
-from service.strength import AUTO, AutoStrength, blend_into, estimate_exposure, parse_strength, resolve_strength
+from service.strength import AUTO, AutoStrength, blend_into, parse_strength, resolve_strength
 
 pytestmark = pytest.mark.timeout(120)
 AUTO_SETTINGS = {"auto_strength_dark": 0.25, "auto_strength_bright": 0.55, "auto_strength_floor": 0.3}
@@ -141,10 +142,11 @@ def test_exposure_estimate_and_resolution() -> None:
     assert estimate_exposure(gray) == pytest.approx(128 / 255, abs=1e-6)
     assert estimate_exposure(gray.astype(np.float32) / 255) == pytest.approx(128 / 255, abs=1e-6)
     curve = AutoStrength(dark=0.2, bright=0.6, floor=0.0)
-    assert resolve_strength(AUTO, gray, curve) == pytest.approx(1 - (128 / 255 - 0.2) / 0.4)
-    assert resolve_strength(0.3, gray, curve) == 0.3
+    exposure = estimate_exposure(gray)
+    assert resolve_strength(AUTO, exposure, curve) == pytest.approx(1 - (128 / 255 - 0.2) / 0.4)
+    assert resolve_strength(0.3, exposure, curve) == 0.3
     with pytest.raises(ValueError):
-        resolve_strength(1.2, gray, curve)
+        resolve_strength(1.2, exposure, curve)
 
 
 def test_blend_is_exact_at_the_ends_and_rounds_between() -> None:

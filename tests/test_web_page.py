@@ -125,6 +125,7 @@ def test_upload_compare_and_download(
     details = page.locator("#details").inner_text()
     version = server.readyz()["model_version"]
     assert version in details and "CPU" in details and "Strength applied" in details
+    assert "Exposure gain before the model" in details
 
     with page.expect_download() as download_info:
         page.click("#download")

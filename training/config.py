@@ -73,6 +73,8 @@ class TrainConfig:
     exposure_gain: float = 0.0
     exposure_max_gain: float = 10.0
     exposure_gamma: float = 0.0
+    exposure_reference: float = 0.0
+    exposure_power: float = 1.0
     val_exposures: bool = False
 
     def __post_init__(self) -> None:
@@ -94,7 +96,16 @@ class TrainConfig:
 
 
 STAGE2_ONLY = frozenset(
-    ("stage1", "exposure_identity", "exposure_gain", "exposure_max_gain", "exposure_gamma", "val_exposures")
+    (
+        "stage1",
+        "exposure_identity",
+        "exposure_gain",
+        "exposure_max_gain",
+        "exposure_gamma",
+        "exposure_reference",
+        "exposure_power",
+        "val_exposures",
+    )
 )
 FIELDS = frozenset(field.name for field in dataclasses.fields(TrainConfig))
 
@@ -167,6 +178,13 @@ def add_arguments(parser: argparse.ArgumentParser, stage: str, *, run_flags: boo
         group.add_argument(
             "--exposure-gamma", type=float, help="probability of an extra random gamma in [0.6, 1] on a gain sample"
         )
+        group.add_argument(
+            "--exposure-reference",
+            type=float,
+            help="normalise inputs as the service does (FRLIE_EXPOSURE_REFERENCE): darken images brighter than "
+            "this mean luma by (reference / exposure) ** --exposure-power, in training and validation (0: off)",
+        )
+        group.add_argument("--exposure-power", type=float, help="power of that normalisation (default 1)")
         group.add_argument(
             "--val-exposures",
             action="store_true",

@@ -12,6 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from service.exposure import EXPOSURE_SAMPLE_STEP, LUMA_WEIGHTS, ExposureNormalisation
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -55,17 +57,21 @@ class ExposureMix:
 
     def apply(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         """The network input for one float sample in [0, 1] (``low`` is not modified)."""
+        return self.draw()(low, high)
+
+    def draw(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """One random choice, as a function of (low, high): the same choice can then be applied to a
+        crop and to the whole image it came from (whose exposure the normalisation needs)."""
         draw = float(torch.rand(()))
         if draw < self.identity:
-            return high.clone()
+            return lambda low, high: high.clone()
         if draw >= self.identity + self.gain:
-            return low
+            return lambda low, high: low
         gain = math.exp(float(torch.rand(())) * math.log(self.max_gain))
-        brightened = (low * gain).clamp_(0.0, 1.0)
+        exponent = 1.0
         if float(torch.rand(())) < self.gamma:
             exponent = self.min_gamma + (1.0 - self.min_gamma) * float(torch.rand(()))
-            brightened = brightened.pow_(exponent)
-        return brightened
+        return lambda low, high: (low * gain).clamp_(0.0, 1.0).pow_(exponent)
 
 
 # Fixed evaluation variants for exposure robustness: name -> (low, high) -> network input.
@@ -147,15 +153,21 @@ class PairedImages(Dataset):
         repeats: int = 1,
         rotate: bool = False,
         exposure: ExposureMix | None = None,
+        normalisation: ExposureNormalisation | None = None,
     ) -> None:
         self.pairs = list_pairs(root)
         self.crop = crop
         self.augment = augment
         self.rotate = rotate and crop is not None
         self.exposure = exposure if exposure is not None and exposure.enabled else None
+        self.normalisation = normalisation if normalisation is not None and normalisation.reference > 0 else None
         self.repeats = max(1, repeats)
         self.low: list[torch.Tensor] = []
         self.high: list[torch.Tensor] = []
+        # What the normalisation measures its exposure on: the whole image, as the service does
+        # (a crop's mean is not the photo's), from the same subsample as service.exposure.
+        self.low_sample: list[torch.Tensor] = []
+        self.high_sample: list[torch.Tensor] = []
         for pair in self.pairs:
             low, high = load_rgb(pair.low), load_rgb(pair.high)
             if low.shape != high.shape:
@@ -165,6 +177,10 @@ class PairedImages(Dataset):
             # uint8 in memory (4x smaller than float); crops are converted on access.
             self.low.append(torch.from_numpy(low).permute(2, 0, 1).contiguous())
             self.high.append(torch.from_numpy(high).permute(2, 0, 1).contiguous())
+            if self.normalisation is not None:
+                for sample, image in ((self.low_sample, low), (self.high_sample, high)):
+                    step = EXPOSURE_SAMPLE_STEP
+                    sample.append(torch.from_numpy(image[::step, ::step].astype(np.float32) / 255.0))
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeats
@@ -186,6 +202,11 @@ class PairedImages(Dataset):
             if self.rotate and torch.rand(()) < 0.5:
                 low, high = low.transpose(-1, -2), high.transpose(-1, -2)
         low_f, high_f = low.float().div_(255.0), high.float().div_(255.0)
-        if self.exposure is not None:
-            low_f = self.exposure.apply(low_f, high_f)
+        augment = self.exposure.draw() if self.exposure is not None else None
+        if augment is not None:
+            low_f = augment(low_f, high_f)
+        if self.normalisation is not None:
+            whole = self.low_sample[i] if augment is None else augment(self.low_sample[i], self.high_sample[i])
+            exposure = float((whole.clamp(0.0, 1.0) @ torch.from_numpy(LUMA_WEIGHTS)).mean())
+            low_f = low_f * self.normalisation.gain_for(exposure)
         return low_f.contiguous(), high_f.contiguous()

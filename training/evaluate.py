@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.network import FRLIE
+from service.exposure import ExposureNormalisation, estimate_exposure
 from service.settings import Settings
 from service.strength import Strength, blend_into, parse_strength, resolve_strength
 from training.baselines import BASELINES
@@ -146,11 +147,17 @@ def _measured(value: float | None) -> float:
 
 
 def validate_model(
-    model: FRLIE, pairs: Sequence[ImagePair], stage: str, device: torch.device, exposures: bool = False
+    model: FRLIE,
+    pairs: Sequence[ImagePair],
+    stage: str,
+    device: torch.device,
+    exposures: bool = False,
+    normalisation: ExposureNormalisation | None = None,
 ) -> dict[str, float]:
     """Mean PSNR / SSIM of whole 8-bit outputs over ``pairs`` (stage 1: reconstruction of high).
 
     What training validates and ``average`` measures: ``evaluate_model`` without baselines or NIQE.
+    ``normalisation`` darkens bright inputs first, as the service does (stage 2 only).
     With ``exposures`` (not for stage 1) every variant of ``EXPOSURE_VARIANTS`` is scored too
     (``psnr_low_x2``...), and ``score`` (what selects the best checkpoint) is the mean PSNR over
     the variants instead of the plain low -> high PSNR.
@@ -163,7 +170,9 @@ def validate_model(
             [ImagePair(p.name, p.high, p.high) for p in pairs],
         )
     with torch.no_grad():
-        enhancer = model_enhancer(net, device)
+        enhancer: Enhance = model_enhancer(net, device)
+        if normalisation is not None and stage != "stage1":
+            enhancer = normalised(enhancer, normalisation)
         if not exposures or stage == "stage1":
             mean = evaluate_model(enhancer, pairs, baselines=None, with_niqe=False, progress=False)["mean"]
             return {"psnr": _measured(mean["psnr"]), "ssim": _measured(mean["ssim"]), "score": _measured(mean["psnr"])}
@@ -182,14 +191,29 @@ def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int)
     return _table(header, [[name, *_metric_cells(scores)] for name, scores in rows.items()])
 
 
-def with_strength(enhancer: Enhance, strength: Strength) -> Enhancer:
-    """``enhancer`` followed by the service's strength blend (service.strength), for evaluating what
-    the service answers at a given strength; ``auto`` uses the service's default curve."""
-    curve = Settings().auto_strength
+def normalised(enhancer: Enhance, normalisation: ExposureNormalisation) -> Enhance:
+    """``enhancer`` on the upload darkened as service.exposure does, rounded to 8 bits (the service
+    keeps the darkened copy in float, so results match it within rounding)."""
 
     def run(image: np.ndarray) -> np.ndarray:
-        applied = resolve_strength(strength, image, curve)
-        enhanced = enhancer(image) if applied > 0 else image.copy()
+        gain = normalisation.gain_for(estimate_exposure(image))
+        if gain == 1.0:
+            return enhancer(image)
+        return enhancer(np.rint(image.astype(np.float32) * np.float32(gain)).astype(np.uint8))
+
+    return run
+
+
+def with_strength(enhancer: Enhance, strength: Strength) -> Enhancer:
+    """``enhancer`` wrapped as the service runs it: the upload darkened by the default exposure
+    normalisation (service.exposure), then the strength blend with the upload (service.strength);
+    ``auto`` uses the service's default curve (see ``normalised`` for the rounding)."""
+    settings = Settings()
+    curve, model = settings.auto_strength, normalised(enhancer, settings.exposure_normalisation)
+
+    def run(image: np.ndarray) -> np.ndarray:
+        applied = resolve_strength(strength, estimate_exposure(image), curve)
+        enhanced = model(image) if applied > 0 else image.copy()
         blend_into(enhanced, image, applied)
         return enhanced
 
@@ -284,8 +308,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--strength",
         default=None,
         metavar="auto|0-1",
-        help="blend the model output with the input as the service does (its FRLIE_AUTO_STRENGTH_* defaults "
-        "for 'auto'); default: the raw model output",
+        help="run the model as the service does: inputs darkened by its exposure normalisation "
+        "(FRLIE_EXPOSURE_* defaults), output blended with the input at this strength (FRLIE_AUTO_STRENGTH_* "
+        "defaults for 'auto'; 1: the model's full effect); default: the raw model on the raw input",
     )
     parser.add_argument(
         "--exposures",

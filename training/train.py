@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from model.checkpoint import load_weights, read_checkpoint, save_weights
 from model.network import FRLIE, FRLIEConfig
+from service.exposure import ExposureNormalisation
 from training import distributed as dist_utils
 from training.config import STAGES, TrainConfig, add_arguments, config_from_args
 from training.data import ExposureMix, PairedImages, list_pairs
@@ -169,8 +170,14 @@ class Trainer:
             max_gain=config.exposure_max_gain,
             gamma=config.exposure_gamma,
         )
+        self.normalisation = ExposureNormalisation(config.exposure_reference, config.exposure_power)
         self.train_set = PairedImages(
-            data_root / "train", crop=config.crop, augment=True, rotate=config.rotate, exposure=exposure
+            data_root / "train",
+            crop=config.crop,
+            augment=True,
+            rotate=config.rotate,
+            exposure=exposure,
+            normalisation=self.normalisation,
         )
         self.sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor]] | None = (
             DistributedSampler(self.train_set, seed=config.seed, drop_last=True) if self.ctx.enabled else None
@@ -325,7 +332,12 @@ class Trainer:
         if self.ctx.is_main:
             evaluated = self.evaluated_model()
             result = validate_model(
-                evaluated, self.val_pairs, self.stage, self.device, exposures=self.config.val_exposures
+                evaluated,
+                self.val_pairs,
+                self.stage,
+                self.device,
+                exposures=self.config.val_exposures,
+                normalisation=self.normalisation,
             )
             improved = result["score"] > self.best_psnr
             metrics = {"val_" + key: value for key, value in result.items()}
