@@ -149,7 +149,7 @@ class Settings(BaseSettings):
 
     # --- strength ----------------------------------------------------------------------------
     auto_strength_dark: float = Field(
-        0.3,
+        0.35,
         ge=0,
         le=1,
         description="strength=auto: photos whose mean luma (0-1) is at most this get the model's full effect.",
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         "FRLIE_AUTO_STRENGTH_FLOOR; strength falls linearly in between.",
     )
     auto_strength_floor: float = Field(
-        0.2,
+        0.1,
         ge=0,
         le=1,
         description="strength=auto: the strength given to bright photos (0: returned unchanged).",
