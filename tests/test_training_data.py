@@ -51,9 +51,7 @@ def test_normalisation_darkens_each_crop_by_the_gain_of_its_whole_image(pairs_ro
 
 def test_identity_samples_are_normalised_like_a_well_exposed_upload(pairs_root: Path) -> None:
     rule = ExposureNormalisation(reference=0.05, power=0.9)
-    dataset = PairedImages(
-        pairs_root, crop=32, augment=False, exposure=ExposureMix(identity=1.0), normalisation=rule
-    )
+    dataset = PairedImages(pairs_root, crop=32, augment=False, exposure=ExposureMix(identity=1.0), normalisation=rule)
     pair = list_pairs(pairs_root)[0]
     gain = rule.gain_for(estimate_exposure(load_rgb(pair.high)))
     low, high = _sample(dataset, 0, seed=0)
