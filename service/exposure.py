@@ -21,12 +21,23 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 EXPOSURE_SAMPLE_STEP = 4  # every 4th row and column: the mean of a large photo barely changes
 
 
-def estimate_exposure(image: np.ndarray) -> float:
-    """Mean luma in [0, 1] of an H x W x 3 image (uint8, or float in [0, 1]), from a regular subsample."""
+def exposure_sample(image: np.ndarray) -> np.ndarray:
+    """The regular subsample of an H x W x 3 image (uint8, or float in [0, 1]) that exposure is measured
+    on, as float32 in [0, 1]; training keeps these to measure augmented whole images cheaply."""
     sample = image[::EXPOSURE_SAMPLE_STEP, ::EXPOSURE_SAMPLE_STEP].astype(np.float32)
     if image.dtype == np.uint8:
         sample /= np.float32(255.0)
+    return sample
+
+
+def mean_luma(sample: np.ndarray) -> float:
+    """Mean luma in [0, 1] of an ``exposure_sample``."""
     return float(np.clip(sample @ LUMA_WEIGHTS, 0.0, 1.0).mean())
+
+
+def estimate_exposure(image: np.ndarray) -> float:
+    """Mean luma in [0, 1] of an H x W x 3 image (uint8, or float in [0, 1]), from a regular subsample."""
+    return mean_luma(exposure_sample(image))
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ class Pipeline:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
+        # Per-process, not per-request: the auto curve and the exposure rule come from fixed settings.
+        self.auto_strength = settings.auto_strength
+        self.exposure_normalisation = settings.exposure_normalisation
         self.batcher = Batcher(
             engine.run,
             batch_limit=engine.batch_limit,
@@ -120,8 +123,8 @@ class Pipeline:
         spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
         alpha, icc_profile = decoded.alpha, decoded.icc_profile
         exposure = await asyncio.to_thread(estimate_exposure, decoded.rgb)
-        applied = resolve_strength(strength, exposure, self.settings.auto_strength)
-        gain = self.settings.exposure_normalisation.gain_for(exposure)
+        applied = resolve_strength(strength, exposure, self.auto_strength)
+        gain = self.exposure_normalisation.gain_for(exposure)
         if applied <= 0.0:  # the upload itself: no model call at all
             enhancement = Enhancement(decoded.rgb, 0, 0.0)
         else:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from service.exposure import EXPOSURE_SAMPLE_STEP, LUMA_WEIGHTS, ExposureNormalisation
+from service.exposure import ExposureNormalisation, exposure_sample, mean_luma
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -178,9 +178,8 @@ class PairedImages(Dataset):
             self.low.append(torch.from_numpy(low).permute(2, 0, 1).contiguous())
             self.high.append(torch.from_numpy(high).permute(2, 0, 1).contiguous())
             if self.normalisation is not None:
-                for sample, image in ((self.low_sample, low), (self.high_sample, high)):
-                    step = EXPOSURE_SAMPLE_STEP
-                    sample.append(torch.from_numpy(image[::step, ::step].astype(np.float32) / 255.0))
+                self.low_sample.append(torch.from_numpy(exposure_sample(low)))
+                self.high_sample.append(torch.from_numpy(exposure_sample(high)))
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeats
@@ -207,6 +206,5 @@ class PairedImages(Dataset):
             low_f = augment(low_f, high_f)
         if self.normalisation is not None:
             whole = self.low_sample[i] if augment is None else augment(self.low_sample[i], self.high_sample[i])
-            exposure = float((whole.clamp(0.0, 1.0) @ torch.from_numpy(LUMA_WEIGHTS)).mean())
-            low_f = low_f * self.normalisation.gain_for(exposure)
+            low_f = low_f * self.normalisation.gain_for(mean_luma(whole.numpy()))
         return low_f.contiguous(), high_f.contiguous()
