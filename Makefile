@@ -18,7 +18,7 @@ STAGE2_MINUTES ?= 125
 ABLATION_MINUTES ?= 100
 TRAIN_FLAGS ?= --threads 2 --resume
 
-.PHONY: help serve test lint train train-exposure train-normalised ablation export ship evaluate bench clean
+.PHONY: help serve test lint train train-exposure train-normalised train-noise ablation export ship evaluate bench clean
 
 help:
 	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
@@ -27,6 +27,7 @@ help:
 	@echo "make train     stage 1 then stage 2 on DATA=$(DATA), runs in RUNS=$(RUNS) (resumable)"
 	@echo "make train-exposure  the 2.0 recipe: exposure-robust stage 2 warm-started from the shipped weights"
 	@echo "make train-normalised  the 2.2 recipe: the exposure mix on inputs normalised as the service does"
+	@echo "make train-noise  the 2.3 recipe: validate INIT under the noise-aware normalisation, as a run to ship"
 	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
 	@echo "make export    export CHECKPOINT=$(CHECKPOINT) to MODEL=$(MODEL)"
 	@echo "make ship      export RUN=$(RUN) into model/weights with its training record (0.2 dB rule)"
@@ -70,10 +71,17 @@ train-exposure: $(VENV)/.dev-installed
 # Model 2.2: the exposure mix on inputs normalised as the service normalises uploads, warm-started
 # from INIT (the 2.2 release used the 1.1 weights: `git show a6b0533:model/weights/frlie.pt`).
 NORMALISED_MINUTES ?= 60
+NOISE_MINUTES ?= 30
 INIT ?= model/weights/frlie.pt
 train-normalised: $(VENV)/.dev-installed
 	$(PY) -m training stage2 --preset normalised-2.2 --data $(DATA) --out $(RUNS)/stage2-normalised \
 		--init $(INIT) --max-minutes $(NORMALISED_MINUTES) $(TRAIN_FLAGS)
+
+# Model 2.3: INIT (the 2.3 release: the 1.1 weights) validated under the noise-aware normalisation
+# (the digital gain read from the noise divided out first); the preset trains 0 steps (see it).
+train-noise: $(VENV)/.dev-installed
+	$(PY) -m training stage2 --preset noise-2.3 --data $(DATA) --out $(RUNS)/stage2-noise \
+		--init $(INIT) --max-minutes $(NOISE_MINUTES) $(TRAIN_FLAGS)
 
 ablation: $(VENV)/.dev-installed
 	$(PY) -m training e2e --preset ablation-e2e --data $(DATA) --out $(RUNS)/e2e \

@@ -148,7 +148,8 @@ IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "The enhanced image, same size and orientation as the upright input. Headers: "
         "X-Model-Version, X-Execution-Provider, X-Tile-Count, X-Inference-Time-Ms, X-Strength (the strength "
         "applied, 0-1), X-Exposure-Gain (what the upload was multiplied by before the model, 1 for dark "
-        "photos), X-Tile-Plan (e.g. `whole 400x600` or `2x5 windows of 1648x1040`).",
+        "native captures), X-Digital-Gain (how much brighter the upload looked than its capture, from its "
+        "noise; 1 for native captures), X-Tile-Plan (e.g. `whole 400x600` or `2x5 windows of 1648x1040`).",
         "content": {fmt.media_type: {"schema": {"type": "string", "format": "binary"}} for fmt in OutputFormat},
     }
 }
@@ -264,6 +265,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "X-Inference-Time-Ms": f"{result.inference_seconds * 1000:.1f}",
             "X-Strength": f"{result.strength:.3f}",
             "X-Exposure-Gain": f"{result.exposure_gain:.3f}",
+            "X-Digital-Gain": f"{result.digital_gain:.2f}",
             "X-Tile-Plan": result.plan,
         }
         return Response(result.data, media_type=result.spec.format.media_type, headers=headers)

@@ -22,6 +22,9 @@ from service.errors import InvalidImage, InvalidParameters, PayloadTooLarge, Ser
 log = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+# Formats whose compression (usually lossy) smooths away the sensor noise that service.exposure
+# reads the digital gain from: even JPEG quality 95 erases a dark capture's noise.
+LOSSY_FORMATS = frozenset(("JPEG", "WEBP"))
 SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 COPY_STRIP_ROWS = 256
 # zlib level 3 encodes several times faster than Pillow's default 6 for a few percent more bytes.
@@ -52,6 +55,11 @@ class DecodedImage:
     @property
     def height(self) -> int:
         return int(self.rgb.shape[0])
+
+    @property
+    def lossy(self) -> bool:
+        """Whether the upload's codec may have erased its noise (see ``LOSSY_FORMATS``)."""
+        return self.source_format in LOSSY_FORMATS
 
     @property
     def width(self) -> int:

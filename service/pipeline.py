@@ -19,7 +19,6 @@ from service import imageio
 from service.admission import Cost
 from service.batcher import Batcher, BatchReport
 from service.engine import Engine
-from service.exposure import estimate_exposure
 from service.imageio import OutputFormat, OutputSpec
 from service.metrics import Metrics
 from service.settings import Settings
@@ -47,6 +46,7 @@ class EnhancedFile:
     inference_seconds: float
     strength: float  # what was applied: 0 is the upload unchanged, 1 the model output
     exposure_gain: float  # what the upload was multiplied by before the model (1: not darkened)
+    digital_gain: float  # how much brighter the upload looked than its capture (service.exposure)
     plan: str
 
 
@@ -60,6 +60,7 @@ class Pipeline:
         # Per-process, not per-request: the auto curve and the exposure rule come from fixed settings.
         self.auto_strength = settings.auto_strength
         self.exposure_normalisation = settings.exposure_normalisation
+        self.lossy_exposure_normalisation = settings.lossy_exposure_normalisation
         self.batcher = Batcher(
             engine.run,
             batch_limit=engine.batch_limit,
@@ -122,9 +123,10 @@ class Pipeline:
         decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels)
         spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
         alpha, icc_profile = decoded.alpha, decoded.icc_profile
-        exposure = await asyncio.to_thread(estimate_exposure, decoded.rgb)
-        applied = resolve_strength(strength, exposure, self.auto_strength)
-        gain = self.exposure_normalisation.gain_for(exposure)
+        rule = self.lossy_exposure_normalisation if decoded.lossy else self.exposure_normalisation
+        reading = await asyncio.to_thread(rule.read, decoded.rgb)
+        applied = resolve_strength(strength, reading.scene_exposure, self.auto_strength)
+        gain = reading.gain
         if applied <= 0.0:  # the upload itself: no model call at all
             enhancement = Enhancement(decoded.rgb, 0, 0.0)
         else:
@@ -134,7 +136,14 @@ class Pipeline:
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
         return EnhancedFile(
-            encoded, spec, enhancement.tiles, enhancement.inference_seconds, applied, gain, enhancement.plan
+            encoded,
+            spec,
+            enhancement.tiles,
+            enhancement.inference_seconds,
+            applied,
+            gain,
+            reading.digital_gain,
+            enhancement.plan,
         )
 
 

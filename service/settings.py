@@ -149,39 +149,61 @@ class Settings(BaseSettings):
 
     # --- strength ----------------------------------------------------------------------------
     auto_strength_dark: float = Field(
-        0.35,
+        0.18,
         ge=0,
         le=1,
-        description="strength=auto: photos whose mean luma (0-1) is at most this get the model's full effect.",
+        description="strength=auto: photos whose scene exposure (mean luma 0-1, digital gain divided out) is at most "
+        "this get the model's full effect.",
     )
     auto_strength_bright: float = Field(
-        0.5,
+        0.4,
         ge=0,
         le=1,
         description="strength=auto: photos at least this bright (mean luma) get "
         "FRLIE_AUTO_STRENGTH_FLOOR; strength falls linearly in between.",
     )
     auto_strength_floor: float = Field(
-        0.1,
+        0.05,
         ge=0,
         le=1,
         description="strength=auto: the strength given to bright photos (0: returned unchanged).",
     )
 
     # --- exposure normalisation -----------------------------------------------------------
+    exposure_noise_reference: float = Field(
+        0.122,
+        ge=0,
+        description="Noise sigma / sqrt(signal) (8-bit gray levels) of a native dark capture like the "
+        "training photos; uploads noisier than this look brightened after capture by (ratio / this) ** 2, "
+        "which is divided out before the model (0: off). Measured on lol-pairs/train lows.",
+    )
     exposure_reference: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="Scenes (mean luma 0-1 once the digital gain is divided out) brighter than this are "
+        "darkened towards it before the model, which was trained on dark LOL-style photos (0: off).",
+    )
+    exposure_power: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="How far brighter scenes are darkened: gain (reference / scene exposure) ** power "
+        "(1: all the way to the reference).",
+    )
+
+    exposure_lossy_reference: float = Field(
         0.05,
         ge=0,
         lt=1,
-        description="Uploads brighter than this mean luma (0-1) are darkened towards it before the model, "
-        "which was trained on dark LOL-style photos (0: off). Tuned with the bundled model.",
+        description="For JPEG and WebP uploads, whose compression erases the noise the digital gain is read "
+        "from: uploads brighter than this mean luma are darkened towards it instead (0: off).",
     )
-    exposure_power: float = Field(
+    exposure_lossy_power: float = Field(
         0.9,
         ge=0,
         le=1,
-        description="How far brighter uploads are darkened: gain (reference / exposure) ** power "
-        "(1: all the way to the reference).",
+        description="How far JPEG and WebP uploads are darkened: gain (lossy reference / exposure) ** power.",
     )
 
     # --- server ----------------------------------------------------------------------------
@@ -215,7 +237,12 @@ class Settings(BaseSettings):
 
     @property
     def exposure_normalisation(self) -> ExposureNormalisation:
-        return ExposureNormalisation(self.exposure_reference, self.exposure_power)
+        return ExposureNormalisation(self.exposure_reference, self.exposure_power, self.exposure_noise_reference)
+
+    @property
+    def lossy_exposure_normalisation(self) -> ExposureNormalisation:
+        """The rule for uploads whose codec erased their noise: the mean exposure alone."""
+        return ExposureNormalisation(self.exposure_lossy_reference, self.exposure_lossy_power)
 
     @property
     def max_batch_delay_s(self) -> float:

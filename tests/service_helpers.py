@@ -17,7 +17,6 @@ from PIL import Image
 
 import bench.server
 from bench.service_config import setting_env
-from service.exposure import estimate_exposure
 from service.settings import Settings
 
 TINY_MODEL_VERSION = "test-tiny"
@@ -60,7 +59,7 @@ def reference_enhance(model_path: Path, rgb: np.ndarray, gain: float | None = No
     default settings give this image (test_service_exposure checks that choice on its own).
     """
     if gain is None:
-        gain = Settings().exposure_normalisation.gain_for(estimate_exposure(rgb))
+        gain = Settings().exposure_normalisation.read(rgb).gain
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     height, width = rgb.shape[:2]
     pad_h = max(20, -(-height // 4) * 4) - height

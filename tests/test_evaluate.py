@@ -239,3 +239,25 @@ def test_exposure_rows_on_real_pairs(checkpoint: Path, lol_pairs: Path, tmp_path
     )
     document = json.loads(out.read_text())
     assert set(document["exposures"]) == set(EXPOSURE_VARIANTS) and "strength auto" in document["model"]
+
+
+def test_jpeg_uploads_are_round_tripped_and_judged_by_the_lossy_rule(checkpoint: Path, lol_pairs: Path) -> None:
+    """--upload-jpeg Q scores what a phone sends: at strength 0 the answer is the JPEG itself, so the
+    score is the JPEG's own, below the lossless upload's; the lossy rule never reads a digital gain."""
+    from service.settings import Settings
+    from training.evaluate import as_jpeg, evaluate_exposures, with_strength
+
+    pairs = list_pairs(lol_pairs / "val")[:2]
+    enhancer = load_enhancer(checkpoint)
+    as_sent = evaluate_exposures(with_strength(enhancer, 0.0, jpeg_quality=60), pairs, progress=False)
+    jpeg_psnr = np.mean([psnr(as_jpeg(load_rgb(p.high), 60), load_rgb(p.high)) for p in pairs])
+    assert as_sent["high"]["psnr"] == pytest.approx(jpeg_psnr)
+    assert as_sent["high"]["psnr"] < 60
+    low = as_jpeg(np.clip(load_rgb(pairs[0].low).astype(np.float32) * 4, 0, 255).astype(np.uint8), 60)
+    assert Settings().lossy_exposure_normalisation.read(low).digital_gain == 1.0
+
+
+def test_upload_jpeg_needs_strength_and_a_valid_quality(checkpoint: Path, lol_pairs: Path) -> None:
+    base = ["evaluate", "--model", str(checkpoint), "--data", str(lol_pairs), "--limit", "1", "--no-baselines"]
+    assert main([*base, "--no-niqe", "--upload-jpeg", "90"]) == 2
+    assert main([*base, "--no-niqe", "--strength", "1", "--upload-jpeg", "0"]) == 2

@@ -51,8 +51,14 @@ def _pixels(response: httpx.Response) -> np.ndarray:
 
 
 def bright_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A well-exposed image: the dark test pattern lifted to a mean luma around 0.6."""
-    return np.clip(dark_image(height, width, seed).astype(np.int16) * 3 + 40, 0, 255).astype(np.uint8)
+    """A well-exposed image: the dark test pattern, nearly noise-free (a well-lit capture has little
+    noise for its signal), lifted to a mean luma around 0.6."""
+    return np.clip(dark_image(height, width, seed, noise=0.3).astype(np.int16) * 3 + 40, 0, 255).astype(np.uint8)
+
+
+def scene_exposure(image: np.ndarray) -> float:
+    """What ``auto`` judges: the mean luma with the digital gain read from the noise divided out."""
+    return Settings().exposure_normalisation.read(image).scene_exposure
 
 
 # --- through the running service ------------------------------------------------------------
@@ -95,7 +101,7 @@ def test_auto_gives_dark_photos_full_strength_and_keeps_bright_ones_close(
     np.testing.assert_array_equal(_pixels(_enhance(server, dark)), reference_enhance(model_path, dark))
 
     bright = bright_image(80, 120, seed=7)
-    assert estimate_exposure(bright) > AUTO_SETTINGS["auto_strength_bright"]
+    assert scene_exposure(bright) > AUTO_SETTINGS["auto_strength_bright"]
     response = _enhance(server, bright, strength="auto")
     floor = AUTO_SETTINGS["auto_strength_floor"]
     assert float(response.headers["x-strength"]) == pytest.approx(floor, abs=1e-3)
@@ -105,13 +111,24 @@ def test_auto_gives_dark_photos_full_strength_and_keeps_bright_ones_close(
     assert change.mean() <= floor * model_change.mean() + 0.5
 
 
-def test_auto_strength_falls_as_the_upload_gets_brighter(server: ServerProcess) -> None:
+def test_auto_strength_falls_as_the_scene_gets_brighter(server: ServerProcess) -> None:
     applied = []
-    for gain in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
-        image = np.clip(dark_image(60, 80, seed=8).astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    for gain in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):  # clean images: scenes lit brighter and brighter
+        image = np.clip(dark_image(60, 80, seed=8, noise=0).astype(np.float32) * gain, 0, 255).astype(np.uint8)
         applied.append(float(_enhance(server, image).headers["x-strength"]))
     assert applied[0] == 1.0 and applied[-1] == AUTO_SETTINGS["auto_strength_floor"]
     assert all(b <= a for a, b in itertools.pairwise(applied)), applied
+
+
+def test_auto_gives_a_brightened_noisy_dark_capture_full_strength(server: ServerProcess) -> None:
+    """A dark, noisy capture brightened 4x after the fact is bright, but its noise says the scene was
+    dark: auto judges the scene, so it still gets the model's full effect."""
+    image = np.clip(dark_image(80, 120, seed=9).astype(np.float32) * 4, 0, 255).astype(np.uint8)
+    assert estimate_exposure(image) > AUTO_SETTINGS["auto_strength_bright"]
+    assert scene_exposure(image) < AUTO_SETTINGS["auto_strength_dark"]
+    response = _enhance(server, image)
+    assert float(response.headers["x-strength"]) == 1.0
+    assert float(response.headers["x-digital-gain"]) > 2.0
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "strong", "nan", "inf"])

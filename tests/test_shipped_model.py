@@ -1,9 +1,10 @@
 """The bundled model in model/weights: consistent files, and the quality bar of the project on real data.
 
 The bar is the release floor of the default model on low -> high val pairs: the model's full effect
-on inputs normalised as it was trained and validated (no strength blend). Model 2.x trades benchmark
-PSNR for exposure robustness (see model/MODEL_CARD.md): 1.x met 21.5 dB / 0.80 on this row but
-answered moderately dark and well-exposed photos with 8-14 dB; the 2.x floor here is 20.5 dB / 0.76.
+on inputs normalised as it was validated (no strength blend). 2.0-2.2 traded benchmark PSNR for
+exposure robustness (floor 20.5 dB / 0.76); 2.3 gets the robustness from the service's noise-aware
+normalisation and keeps the 1.1 network (23.58 dB / 0.799, see model/MODEL_CARD.md), so the floor is
+back near the benchmark: 23 dB / 0.79.
 The numbers are measured on the shipped ONNX file, never read back from where they were written.
 """
 
@@ -26,7 +27,7 @@ from training.export import read_metadata
 from training.inference import load_enhancer
 
 ONNX_FILE, TORCH_FILE, CONFIG_FILE = (WEIGHTS_DIR / name for name in (ONNX_NAME, WEIGHTS_NAME, TRAINING_RECORD_NAME))
-MIN_PSNR_DB, MIN_SSIM = 20.5, 0.76
+MIN_PSNR_DB, MIN_SSIM = 23.0, 0.79
 MAX_ONNX_BYTES = 20_000_000
 
 
@@ -52,9 +53,12 @@ def test_onnx_file_is_the_export_of_the_shipped_weights() -> None:
 
 
 def _training_normalisation() -> ExposureNormalisation:
-    """The exposure normalisation the shipped weights were trained and validated with (off before 2.2)."""
+    """The exposure normalisation the shipped weights were trained and validated with (off before 2.2,
+    noise-aware since 2.3)."""
     args = json.loads(CONFIG_FILE.read_text())["stage2"]["args"]
-    return ExposureNormalisation(args.get("exposure_reference", 0.0), args.get("exposure_power", 1.0))
+    return ExposureNormalisation(
+        args.get("exposure_reference", 0.0), args.get("exposure_power", 1.0), args.get("exposure_noise_reference", 0.0)
+    )
 
 
 def test_service_defaults_normalise_exposure_as_the_model_was_trained() -> None:

@@ -75,6 +75,7 @@ class TrainConfig:
     exposure_gamma: float = 0.0
     exposure_reference: float = 0.0
     exposure_power: float = 1.0
+    exposure_noise_reference: float = 0.0
     val_exposures: bool = False
 
     def __post_init__(self) -> None:
@@ -104,6 +105,7 @@ STAGE2_ONLY = frozenset(
         "exposure_gamma",
         "exposure_reference",
         "exposure_power",
+        "exposure_noise_reference",
         "val_exposures",
     )
 )
@@ -185,6 +187,12 @@ def add_arguments(parser: argparse.ArgumentParser, stage: str, *, run_flags: boo
             "this mean luma by (reference / exposure) ** --exposure-power, in training and validation (0: off)",
         )
         group.add_argument("--exposure-power", type=float, help="power of that normalisation (default 1)")
+        group.add_argument(
+            "--exposure-noise-reference",
+            type=float,
+            help="normalise inputs as the service does (FRLIE_EXPOSURE_NOISE_REFERENCE): divide out the digital "
+            "gain read from the noise before --exposure-reference applies (0: off)",
+        )
         group.add_argument(
             "--val-exposures",
             action="store_true",

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from service.exposure import ExposureNormalisation, exposure_sample, mean_luma
+from service.exposure import ExposureNormalisation
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -160,14 +160,10 @@ class PairedImages(Dataset):
         self.augment = augment
         self.rotate = rotate and crop is not None
         self.exposure = exposure if exposure is not None and exposure.enabled else None
-        self.normalisation = normalisation if normalisation is not None and normalisation.reference > 0 else None
+        self.normalisation = normalisation if normalisation is not None and normalisation.active else None
         self.repeats = max(1, repeats)
         self.low: list[torch.Tensor] = []
         self.high: list[torch.Tensor] = []
-        # What the normalisation measures its exposure on: the whole image, as the service does
-        # (a crop's mean is not the photo's), from the same subsample as service.exposure.
-        self.low_sample: list[torch.Tensor] = []
-        self.high_sample: list[torch.Tensor] = []
         for pair in self.pairs:
             low, high = load_rgb(pair.low), load_rgb(pair.high)
             if low.shape != high.shape:
@@ -177,12 +173,20 @@ class PairedImages(Dataset):
             # uint8 in memory (4x smaller than float); crops are converted on access.
             self.low.append(torch.from_numpy(low).permute(2, 0, 1).contiguous())
             self.high.append(torch.from_numpy(high).permute(2, 0, 1).contiguous())
-            if self.normalisation is not None:
-                self.low_sample.append(torch.from_numpy(exposure_sample(low)))
-                self.high_sample.append(torch.from_numpy(exposure_sample(high)))
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeats
+
+    def _normalisation_gain(
+        self, i: int, augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    ) -> float:
+        """The service's gain for the whole input image of pair ``i`` (with the crop's exposure
+        augmentation): a crop's mean or noise is not the photo's."""
+        assert self.normalisation is not None
+        whole = self.low[i]
+        if augment is not None:
+            whole = augment(self.low[i].float().div_(255.0), self.high[i].float().div_(255.0))
+        return self.normalisation.read(whole.permute(1, 2, 0).numpy()).gain
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = index % len(self.pairs)
@@ -205,6 +209,5 @@ class PairedImages(Dataset):
         if augment is not None:
             low_f = augment(low_f, high_f)
         if self.normalisation is not None:
-            whole = self.low_sample[i] if augment is None else augment(self.low_sample[i], self.high_sample[i])
-            low_f = low_f * self.normalisation.gain_for(mean_luma(whole.numpy()))
+            low_f = low_f * self._normalisation_gain(i, augment)
         return low_f.contiguous(), high_f.contiguous()

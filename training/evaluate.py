@@ -8,6 +8,7 @@ images, a comparison sheet and a before/after figure for the README.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -21,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.network import FRLIE
-from service.exposure import ExposureNormalisation, estimate_exposure
+from service.exposure import ExposureNormalisation
 from service.settings import Settings
 from service.strength import Strength, blend_into, parse_strength, resolve_strength
 from training.baselines import BASELINES
@@ -191,34 +192,52 @@ def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int)
     return _table(header, [[name, *_metric_cells(scores)] for name, scores in rows.items()])
 
 
+def _enhance_darkened(enhancer: Enhance, image: np.ndarray, gain: float) -> np.ndarray:
+    """``enhancer`` on ``image`` times ``gain``, rounded to 8 bits (the service keeps the darkened
+    copy in float, so results match it within rounding)."""
+    if gain == 1.0:
+        return enhancer(image)
+    return enhancer(np.rint(image.astype(np.float32) * np.float32(gain)).astype(np.uint8))
+
+
 def normalised(enhancer: Enhance, normalisation: ExposureNormalisation) -> Enhance:
-    """``enhancer`` on the upload darkened as service.exposure does, rounded to 8 bits (the service
-    keeps the darkened copy in float, so results match it within rounding)."""
+    """``enhancer`` on the upload darkened as service.exposure does."""
 
     def run(image: np.ndarray) -> np.ndarray:
-        gain = normalisation.gain_for(estimate_exposure(image))
-        if gain == 1.0:
-            return enhancer(image)
-        return enhancer(np.rint(image.astype(np.float32) * np.float32(gain)).astype(np.uint8))
+        return _enhance_darkened(enhancer, image, normalisation.read(image).gain)
 
     return run
 
 
-def with_strength(enhancer: Enhance, strength: Strength) -> Enhancer:
+def as_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` after a JPEG round trip at ``quality``, as a phone or browser would upload it."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"), dtype=np.uint8).copy()
+
+
+def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | None = None) -> Enhancer:
     """``enhancer`` wrapped as the service runs it: the upload darkened by the default exposure
     normalisation (service.exposure), then the strength blend with the upload (service.strength);
-    ``auto`` uses the service's default curve (see ``normalised`` for the rounding)."""
+    ``auto`` judges the scene exposure with the service's default curve. With ``jpeg_quality`` the
+    input is uploaded as a JPEG of that quality: round-tripped, and judged by the lossy rule."""
     settings = Settings()
-    curve, model = settings.auto_strength, normalised(enhancer, settings.exposure_normalisation)
+    curve = settings.auto_strength
+    normalisation = settings.exposure_normalisation if jpeg_quality is None else settings.lossy_exposure_normalisation
 
     def run(image: np.ndarray) -> np.ndarray:
-        applied = resolve_strength(strength, estimate_exposure(image), curve)
-        enhanced = model(image) if applied > 0 else image.copy()
+        if jpeg_quality is not None:
+            image = as_jpeg(image, jpeg_quality)
+        reading = normalisation.read(image)
+        applied = resolve_strength(strength, reading.scene_exposure, curve)
+        enhanced = _enhance_darkened(enhancer, image, reading.gain) if applied > 0 else image.copy()
         blend_into(enhanced, image, applied)
         return enhanced
 
     kind = getattr(enhancer, "kind", "function")
-    return Enhancer(run, kind, f"{getattr(enhancer, 'description', enhancer)}, strength {strength}")
+    upload = "" if jpeg_quality is None else f", JPEG q{jpeg_quality} uploads"
+    return Enhancer(run, kind, f"{getattr(enhancer, 'description', enhancer)}, strength {strength}{upload}")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -313,6 +332,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "defaults for 'auto'; 1: the model's full effect); default: the raw model on the raw input",
     )
     parser.add_argument(
+        "--upload-jpeg",
+        type=int,
+        metavar="QUALITY",
+        help="with --strength: send every input as a JPEG of this quality (1-100), as phones do; "
+        "the service then judges it by its lossy rule (FRLIE_EXPOSURE_LOSSY_*)",
+    )
+    parser.add_argument(
         "--exposures",
         action="store_true",
         help=f"also score exposure variants of the inputs ({', '.join(EXPOSURE_VARIANTS)}; 'high' against itself)",
@@ -335,13 +361,16 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
         return 2
+    if args.upload_jpeg is not None and (args.strength is None or not 1 <= args.upload_jpeg <= 100):
+        print("error: --upload-jpeg needs --strength and a quality from 1 to 100", file=sys.stderr)
+        return 2
     try:
         pairs_dir = resolve_pairs_dir(args.data, args.split)
         all_pairs = list_pairs(pairs_dir)
         figure_pair = find_pair(all_pairs, args.figure) if args.figure else None
         enhancer = load_enhancer(args.model, device=args.device)
         if args.strength is not None:
-            enhancer = with_strength(enhancer, parse_strength(args.strength))
+            enhancer = with_strength(enhancer, parse_strength(args.strength), args.upload_jpeg)
         result = evaluate_model(
             enhancer,
             all_pairs[: args.limit],

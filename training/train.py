@@ -170,7 +170,9 @@ class Trainer:
             max_gain=config.exposure_max_gain,
             gamma=config.exposure_gamma,
         )
-        self.normalisation = ExposureNormalisation(config.exposure_reference, config.exposure_power)
+        self.normalisation = ExposureNormalisation(
+            config.exposure_reference, config.exposure_power, config.exposure_noise_reference
+        )
         self.train_set = PairedImages(
             data_root / "train",
             crop=config.crop,

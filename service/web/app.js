@@ -163,6 +163,7 @@ function showResult(xhr, file) {
     ["Runs on", (xhr.getResponseHeader("X-Execution-Provider") || "").replace("ExecutionProvider", "")],
     ["Processing time", `${(Number(xhr.getResponseHeader("X-Inference-Time-Ms")) / 1000).toFixed(2)} s of model time`],
     ["Strength applied", xhr.getResponseHeader("X-Strength")],
+    ["Brightened since capture (gain read from its noise)", xhr.getResponseHeader("X-Digital-Gain")],
     ["Exposure gain before the model", xhr.getResponseHeader("X-Exposure-Gain")],
     ["Tiling", xhr.getResponseHeader("X-Tile-Plan")],
     ["Result", `${type}, ${formatBytes(blob.size)}`],
