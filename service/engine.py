@@ -19,6 +19,7 @@ import onnxruntime as ort
 from model import contract
 from service.memory import measure_peak_growth, return_freed_buffers_to_the_os
 from service.settings import CPU_PROVIDER, DEFAULT_GPU_TILE_SIZE, Settings
+from service.throughput import ThroughputEstimate
 from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # buffers dwarf allocator noise (~150 MB on the 4-block model), small enough to take a few seconds.
 MEMORY_PROBE_SHAPE = (384, 384)
 PROBE_REPEATS = 2
-THROUGHPUT_SMOOTHING = 0.3  # weight of the newest ORT call in the seconds-per-pixel estimate
 EXAMPLE_SIZES = ((640, 480), (1920, 1080), (4000, 3000), (6000, 4000))  # width x height, for /readyz
 
 
@@ -130,7 +130,7 @@ class Engine:
         self.tile_shape = tile_window_shape(self.tile_core, self.receptive_radius, self.size_multiple)
         self.memory_budget_bytes = settings.memory_budget_mb * 1024 * 1024
         self.working_bytes_per_pixel: float | None = None
-        self.seconds_per_pixel: float | None = None  # measured: the probe, then every ORT call
+        self.throughput = ThroughputEstimate()  # measured: the probe, then every ORT call
         self.max_window_pixels = self.tile_shape[0] * self.tile_shape[1]
 
         self.use_io_binding = on_gpu if settings.io_binding is None else settings.io_binding
@@ -156,18 +156,15 @@ class Engine:
         # that earlier work freed but kept resident, and the peak would not grow at all.
         return_freed_buffers_to_the_os()
         probe = np.zeros((1, 3, height, width), dtype=np.float32)
-        self.run(probe[:, :, :64, :64])  # first-call set-up is not part of the per-pixel cost
+        self.run(probe[:, :, :64, :64])
         # Memory freed by someone else during the call (a garbage-collected session, another
         # thread) lowers the measured growth, never raises it: collect first and keep the larger
         # of two measurements.
         gc.collect()
         growths: list[int | None] = []
-        seconds = 0.0
         for _ in range(PROBE_REPEATS):
-            started = time.perf_counter()
+            self.throughput.reset()  # the speed is the last, warmest call's: set-up is not per-pixel cost
             growths.append(measure_peak_growth(lambda: self.run(probe)))
-            seconds = time.perf_counter() - started
-        self.seconds_per_pixel = seconds / (height * width)
         measured = [g for g in growths if g is not None]
         growth = max(measured) if len(measured) == len(growths) else None
         # Less than the probe's own input and output buffers means the measurement saw nothing.
@@ -181,7 +178,7 @@ class Engine:
         log.info(
             "measured %.0f bytes and %.2f us per pixel: windows up to %.2f MP",
             self.working_bytes_per_pixel,
-            seconds / (height * width) * 1e6,
+            (self.seconds_per_pixel or 0.0) * 1e6,
             self.max_window_pixels / 1e6,
         )
 
@@ -222,7 +219,8 @@ class Engine:
 
     def predicted_seconds(self, computed_pixels: int) -> float | None:
         """How long the model needs for this many computed pixels, from measured throughput."""
-        return None if self.seconds_per_pixel is None else computed_pixels * self.seconds_per_pixel
+        seconds_per_pixel = self.seconds_per_pixel
+        return None if seconds_per_pixel is None else computed_pixels * seconds_per_pixel
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """One ORT call on N x 3 x H x W float32; blocking, so callers run it in a worker thread."""
@@ -236,18 +234,13 @@ class Engine:
             binding.bind_cpu_input(contract.INPUT_NAME, batch)
             binding.bind_output(contract.OUTPUT_NAME, "cpu", 0, np.float32, output.shape, output.ctypes.data)
             self.session.run_with_iobinding(binding)
-        self._observe(batch.shape[0] * batch.shape[2] * batch.shape[3], time.perf_counter() - started)
+        self.throughput.observe(batch.shape[0] * batch.shape[2] * batch.shape[3], time.perf_counter() - started)
         return output
 
-    def _observe(self, pixels: int, seconds: float) -> None:
-        """Fold one call into the seconds-per-pixel estimate (tiny calls say little: skipped)."""
-        if pixels < 64 * 64:
-            return
-        latest = seconds / pixels
-        previous = self.seconds_per_pixel
-        self.seconds_per_pixel = (
-            latest if previous is None else ((1 - THROUGHPUT_SMOOTHING) * previous + THROUGHPUT_SMOOTHING * latest)
-        )
+    @property
+    def seconds_per_pixel(self) -> float | None:
+        """Measured model time per computed pixel on this machine (None until the model has run)."""
+        return self.throughput.seconds_per_pixel
 
     def warm_up(self) -> float:
         """Run every batch shape of the fixed tile once, so large images pay no first-run costs.
@@ -266,13 +259,14 @@ class Engine:
             self.run(np.zeros((size, 3, height, width), dtype=np.float32))
         self.warmup_seconds = time.perf_counter() - started
         # First calls include one-off set-up: measure the throughput on a warm call instead.
-        self.seconds_per_pixel = None
+        self.throughput.reset()
         self.run(np.zeros((1, 3, height, width), dtype=np.float32))
         log.info("warmed up %s on %s in %.2f s", sorted(batch_sizes), self.providers, self.warmup_seconds)
         return self.warmup_seconds
 
     def describe(self) -> dict[str, object]:
         """What /readyz reports about the model and how it runs."""
+        seconds_per_pixel = self.seconds_per_pixel
         return {
             "model_version": self.model_version,
             "execution_provider": self.provider,
@@ -280,6 +274,7 @@ class Engine:
             "precision": self.precision,
             "model_file": self.model_file.name,
             "receptive_radius": self.receptive_radius,
+            "size_multiple": self.size_multiple,
             "tiling": "cost-aware" if self.cost_aware else "fixed",
             "tile_core": None if self.cost_aware else self.tile_core,
             "tile_shape": None if self.cost_aware else list(self.tile_shape),
@@ -287,7 +282,7 @@ class Engine:
             "memory_budget_bytes": self.memory_budget_bytes,
             "working_bytes_per_pixel": self.working_bytes_per_pixel,
             "max_window_pixels": self.max_window_pixels,
-            "seconds_per_megapixel": None if self.seconds_per_pixel is None else self.seconds_per_pixel * 1e6,
+            "seconds_per_megapixel": None if seconds_per_pixel is None else seconds_per_pixel * 1e6,
             "example_plans": {f"{w}x{h}": self.plan(h, w).describe() for w, h in EXAMPLE_SIZES},
             "max_batch_pixels": self.max_batch_pixels,
             "padded_batches": self.pad_batches,
