@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         "this get the model's full effect.",
     )
     auto_strength_bright: float = Field(
-        0.4,
+        0.25,
         ge=0,
         le=1,
         description="strength=auto: photos at least this bright (mean luma) get "
