@@ -30,7 +30,8 @@ def test_one_draw_applies_the_same_choice_to_crop_and_whole_image() -> None:
     augment = mix.draw()
     whole = augment(low, high)
     crop = augment(low[:, 5:25, 10:30], high[:, 5:25, 10:30])
-    assert torch.equal(crop, whole[:, 5:25, 10:30])
+    # Same gain and gamma; pow may differ by an ulp between vectorised and scalar lanes.
+    torch.testing.assert_close(crop, whole[:, 5:25, 10:30], rtol=1e-6, atol=1e-6)
     assert whole.mean() > low.mean()  # a gain >= 1 (and a gamma <= 1) brightens
     torch.manual_seed(3)
     assert torch.equal(mix.apply(low, high), whole)  # apply() is one draw applied
