@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_strength,
         default=AUTO,
         metavar="auto|0-1",
-        help="'auto' (default: full for dark photos, less for bright ones) or 0 (unchanged) to 1 (model output)",
+        help="'auto' (default: up to a normal brightness, bright photos left almost alone) "
+        "or 0 (unchanged) to 1 (model output)",
     )
     enhance_parser.set_defaults(func=enhance)
     return parser

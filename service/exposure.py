@@ -16,7 +16,8 @@ brighter than its scene was, and the network would blow it out. Two readings und
   photo, or one whose noise was smoothed away) is darkened by ``(reference / scene) ** power``.
 
 The upload itself (not the darkened copy) is what the strength blend mixes with, so ``strength=0``
-still returns it unchanged; ``auto`` strength judges the scene exposure.
+still returns it unchanged; ``auto`` strength (service.strength) uses the noise reading too: an
+upload with a dark capture's noise is brought up to a brighter target than a clean photo.
 """
 
 from __future__ import annotations
@@ -105,11 +106,9 @@ class ExposureReading:
     exposure: float  # mean luma of the upload, 0-1
     digital_gain: float  # >= 1: how much brighter the upload looks than its capture, from its noise
     gain: float  # (0, 1]: what the upload is multiplied by before the network
-
-    @property
-    def scene_exposure(self) -> float:
-        """The capture's own mean luma: what ``auto`` strength judges."""
-        return self.exposure / self.digital_gain
+    # (noise ratio / reference) ** 2, unclamped: about 1 or more where the upload has the noise of a
+    # dark capture, well below 1 for a clean photo (or a denoised one); 0 where no noise was read.
+    noisiness: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,10 +137,17 @@ class ExposureNormalisation:
     def digital_gain_for(self, exposure: float, ratio: float | None) -> float:
         """The brightening since capture that a ``noise_ratio`` of ``ratio`` implies, in
         [1, ``MAX_DIGITAL_GAIN``], never taking the scene below ``MIN_SCENE_EXPOSURE``."""
-        if self.noise_reference <= 0.0 or ratio is None or exposure <= MIN_SCENE_EXPOSURE:
+        if exposure <= MIN_SCENE_EXPOSURE:
             return 1.0
-        implied = (ratio / self.noise_reference) ** 2
+        implied = self.noisiness_for(ratio)
         return float(min(max(implied, 1.0), MAX_DIGITAL_GAIN, exposure / MIN_SCENE_EXPOSURE))
+
+    def noisiness_for(self, ratio: float | None) -> float:
+        """``(ratio / noise_reference) ** 2``: the gain a native capture would need to be this noisy
+        (0 when the noise reading is off or there was none)."""
+        if self.noise_reference <= 0.0 or ratio is None:
+            return 0.0
+        return float((ratio / self.noise_reference) ** 2)
 
     def gain_for(self, exposure: float, digital_gain: float = 1.0) -> float:
         """The factor (0, 1] the upload is multiplied by before the network; 1 for dark native captures."""
@@ -154,4 +160,4 @@ class ExposureNormalisation:
         exposure = estimate_exposure(image)
         ratio = noise_ratio(image) if self.noise_reference > 0.0 else None
         digital_gain = self.digital_gain_for(exposure, ratio)
-        return ExposureReading(exposure, digital_gain, self.gain_for(exposure, digital_gain))
+        return ExposureReading(exposure, digital_gain, self.gain_for(exposure, digital_gain), self.noisiness_for(ratio))

@@ -19,6 +19,7 @@ from service import imageio
 from service.admission import Cost
 from service.batcher import Batcher, BatchReport
 from service.engine import Engine
+from service.exposure import estimate_exposure
 from service.imageio import OutputFormat, OutputSpec
 from service.metrics import Metrics
 from service.settings import Settings
@@ -125,13 +126,17 @@ class Pipeline:
         alpha, icc_profile = decoded.alpha, decoded.icc_profile
         rule = self.lossy_exposure_normalisation if decoded.lossy else self.exposure_normalisation
         reading = await asyncio.to_thread(rule.read, decoded.rgb)
-        applied = resolve_strength(strength, reading.scene_exposure, self.auto_strength)
+        # For auto, an upper bound until the model output's brightness is known.
+        applied = resolve_strength(strength, reading, self.auto_strength)
         gain = reading.gain
         if applied <= 0.0:  # the upload itself: no model call at all
             enhancement = Enhancement(decoded.rgb, 0, 0.0)
         else:
             with (admit or _admit_everything)(self.cost(decoded.height, decoded.width)):
                 enhancement = await self.enhance_pixels(decoded.rgb, gain=gain)
+            if strength == AUTO:
+                output_exposure = await asyncio.to_thread(estimate_exposure, enhancement.pixels)
+                applied = resolve_strength(strength, reading, self.auto_strength, output_exposure)
             await asyncio.to_thread(blend_into, enhancement.pixels, decoded.rgb, applied)
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)

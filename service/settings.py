@@ -148,25 +148,31 @@ class Settings(BaseSettings):
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when the request names none.")
 
     # --- strength ----------------------------------------------------------------------------
-    auto_strength_dark: float = Field(
-        0.18,
+    auto_strength_target: float = Field(
+        0.4,
         ge=0,
         le=1,
-        description="strength=auto: photos whose scene exposure (mean luma 0-1, digital gain divided out) is at most "
-        "this get the model's full effect.",
+        description="strength=auto: the mean luma (0-1) a clean upload is brought up to, and no further; "
+        "brighter uploads get FRLIE_AUTO_STRENGTH_FLOOR.",
     )
-    auto_strength_bright: float = Field(
-        0.25,
+    auto_strength_noisy_target: float = Field(
+        0.5,
         ge=0,
         le=1,
-        description="strength=auto: photos at least this bright (mean luma) get "
-        "FRLIE_AUTO_STRENGTH_FLOOR; strength falls linearly in between.",
+        description="strength=auto: the same for uploads with the noise of a low-light capture "
+        "(at least FRLIE_AUTO_STRENGTH_TARGET).",
+    )
+    auto_strength_noisy: float = Field(
+        0.5,
+        ge=0,
+        description="strength=auto: uploads whose noisiness ((noise ratio / FRLIE_EXPOSURE_NOISE_REFERENCE) ** 2; "
+        "about 1 for a LOL-style capture) is at least this count as low-light captures.",
     )
     auto_strength_floor: float = Field(
         0.05,
         ge=0,
         le=1,
-        description="strength=auto: the strength given to bright photos (0: returned unchanged).",
+        description="strength=auto: the least strength any upload gets (0: bright photos are returned unchanged).",
     )
 
     # --- exposure normalisation -----------------------------------------------------------
@@ -228,12 +234,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _auto_strength_is_valid(self) -> Settings:
-        _ = self.auto_strength  # raises ValueError (a validation error) on dark >= bright
+        _ = self.auto_strength  # raises ValueError (a validation error) on target > noisy target
         return self
 
     @property
     def auto_strength(self) -> AutoStrength:
-        return AutoStrength(self.auto_strength_dark, self.auto_strength_bright, self.auto_strength_floor)
+        return AutoStrength(
+            self.auto_strength_target,
+            self.auto_strength_noisy_target,
+            self.auto_strength_noisy,
+            self.auto_strength_floor,
+        )
 
     @property
     def exposure_normalisation(self) -> ExposureNormalisation:

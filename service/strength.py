@@ -1,9 +1,16 @@
-"""How much of the model's effect a request gets: a fixed strength, or one chosen from the photo's exposure.
+"""How much of the model's effect a request gets: a fixed strength, or one chosen from the photo.
 
-The network is trained to turn a dark photo into a well-exposed one. A photo that is already
-well exposed needs little of that, so ``auto`` gives full strength to dark photos and less to
-bright ones, and a number from 0 to 1 blends the upload (0) with the model output (1) per pixel:
-``result = upload + strength * (model - upload)``. Strength 0 never runs the model.
+The network is trained to turn a dark, noisy capture into a well-exposed photo, and it brightens
+whatever it gets by about the gain such captures need. A number from 0 to 1 blends the upload (0)
+with the model output (1) per pixel: ``result = upload + strength * (model - upload)``. Strength 0
+never runs the model.
+
+``auto`` aims at a brightness: the strength that brings the upload's mean luma up to a target, read
+off the model output's own mean luma (the blend is linear in it), and no more. So a moderately dark
+photo comes back normally exposed instead of blown out, a photo already brighter than the target is
+left (almost) alone, and a brighter copy of a photo never comes back darker than a dimmer one. An
+upload with the noise of a dark capture (``noisiness``, see service.exposure), which is what the
+network was trained for, gets a somewhat brighter target than a clean photo.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from typing import Literal
 
 import numpy as np
 
+from service.exposure import ExposureReading
+
 AUTO: Literal["auto"] = "auto"
 Strength = Literal["auto"] | float
 
@@ -22,31 +31,48 @@ BLEND_ROWS = 256  # rows blended per step, so a 24 MP blend needs no full-size f
 
 @dataclass(frozen=True)
 class AutoStrength:
-    """``auto``: full strength up to exposure ``dark``, falling linearly to ``floor`` at ``bright``.
+    """``auto``: the strength that lifts an upload's mean luma to ``target`` (``noisy_target`` for
+    uploads at least ``noisy`` noisy), at most 1 and never below ``floor``."""
 
-    Exposure is the mean luma in [0, 1] (see ``service.exposure.estimate_exposure``).
-    """
-
-    dark: float
-    bright: float
+    target: float
+    noisy_target: float
+    noisy: float
     floor: float
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.dark < self.bright <= 1.0:
-            raise ValueError(f"auto strength needs 0 <= dark < bright <= 1, got {self.dark}, {self.bright}")
+        if not 0.0 <= self.target <= self.noisy_target <= 1.0:
+            raise ValueError(
+                f"auto strength needs 0 <= target <= noisy target <= 1, got {self.target}, {self.noisy_target}"
+            )
+        if self.noisy < 0.0:
+            raise ValueError(f"auto strength noisiness threshold must be >= 0, got {self.noisy}")
         if not 0.0 <= self.floor <= 1.0:
             raise ValueError(f"auto strength floor must be in [0, 1], got {self.floor}")
 
-    def strength_for(self, exposure: float) -> float:
-        position = min(1.0, max(0.0, (exposure - self.dark) / (self.bright - self.dark)))
-        return 1.0 - position * (1.0 - self.floor)
+    def target_for(self, reading: ExposureReading) -> float:
+        """The mean luma an upload is brought up to: higher for one with a dark capture's noise."""
+        return self.noisy_target if reading.noisiness >= self.noisy else self.target
+
+    def strength_for(self, reading: ExposureReading, output_exposure: float | None = None) -> float:
+        """The strength for an upload read as ``reading`` whose full-strength model output has mean luma
+        ``output_exposure``. Without it (before the model has run), an upper bound: 1 below the target."""
+        exposure, target = reading.exposure, self.target_for(reading)
+        if exposure >= target:
+            return self.floor
+        if output_exposure is None:
+            return 1.0
+        if output_exposure <= exposure:  # the model does not brighten this one: leave it
+            return self.floor
+        return max(self.floor, min(1.0, (target - exposure) / (output_exposure - exposure)))
 
 
-def resolve_strength(requested: Strength, exposure: float, auto: AutoStrength) -> float:
-    """The strength in [0, 1] to apply to an upload of ``exposure`` (``estimate_exposure``): the
-    requested number, or ``auto``'s choice."""
+def resolve_strength(
+    requested: Strength, reading: ExposureReading, auto: AutoStrength, output_exposure: float | None = None
+) -> float:
+    """The strength in [0, 1] to apply to an upload read as ``reading``: the requested number, or
+    ``auto``'s choice (an upper bound while ``output_exposure`` is unknown)."""
     if requested == AUTO:
-        return auto.strength_for(exposure)
+        return auto.strength_for(reading, output_exposure)
     value = float(requested)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"strength must be 'auto' or a number from 0 to 1, got {requested!r}")

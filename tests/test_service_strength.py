@@ -1,4 +1,4 @@
-"""The strength control: 0 is the upload, 1 the model output, blends in between, `auto` by exposure."""
+"""The strength control: 0 is the upload, 1 the model output, blends in between, `auto` by brightness target."""
 
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ from service_helpers import (
     reference_enhance,
 )
 
-from service.exposure import estimate_exposure
+from model.contract import BUNDLED_MODEL_PATH
+from service.exposure import ExposureReading, estimate_exposure
 from service.settings import Settings
 from service.strength import AUTO, AutoStrength, blend_into, parse_strength, resolve_strength
 
 pytestmark = pytest.mark.timeout(120)
-AUTO_SETTINGS = {"auto_strength_dark": 0.25, "auto_strength_bright": 0.55, "auto_strength_floor": 0.3}
+# Targets under the tiny model's own brightening (mean luma ~0.55-0.65 on the test patterns), so
+# each test can tell the target's strength from full strength and from the floor.
+AUTO_SETTINGS = {
+    "auto_strength_target": 0.25,
+    "auto_strength_noisy_target": 0.45,
+    "auto_strength_noisy": 0.5,
+    "auto_strength_floor": 0.1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +62,6 @@ def bright_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A well-exposed image: the dark test pattern, nearly noise-free (a well-lit capture has little
     noise for its signal), lifted to a mean luma around 0.6."""
     return np.clip(dark_image(height, width, seed, noise=0.3).astype(np.int16) * 3 + 40, 0, 255).astype(np.uint8)
-
-
-def scene_exposure(image: np.ndarray) -> float:
-    """What ``auto`` judges: the mean luma with the digital gain read from the noise divided out."""
-    return Settings().exposure_normalisation.read(image).scene_exposure
 
 
 # --- through the running service ------------------------------------------------------------
@@ -93,42 +96,86 @@ def test_brightness_rises_smoothly_with_strength(server: ServerProcess, model_pa
     assert all(b > a for a, b in itertools.pairwise(means)), means
 
 
-def test_auto_gives_dark_photos_full_strength_and_keeps_bright_ones_close(
+def _luma(response: httpx.Response) -> float:
+    return estimate_exposure(_pixels(response).astype(np.uint8))
+
+
+def _assert_is_the_blend(response: httpx.Response, upload: np.ndarray, model_path: Path) -> float:
+    """The answer is the upload blended with the model output at the strength X-Strength reports."""
+    strength = float(response.headers["x-strength"])
+    model = reference_enhance(model_path, upload).astype(np.float32)
+    expected = upload + strength * (model - upload)
+    assert np.abs(_pixels(response) - expected).max() <= 1
+    return strength
+
+
+def test_auto_lifts_a_dark_photo_to_its_target_and_keeps_a_bright_one_close(
     server: ServerProcess, model_path: Path
 ) -> None:
-    dark = dark_image(80, 120, seed=7)
-    assert estimate_exposure(dark) < AUTO_SETTINGS["auto_strength_dark"]
-    np.testing.assert_array_equal(_pixels(_enhance(server, dark)), reference_enhance(model_path, dark))
+    dark = dark_image(80, 120, seed=7)  # noisy: a low-light capture
+    assert estimate_exposure(dark) < AUTO_SETTINGS["auto_strength_target"]
+    assert estimate_exposure(reference_enhance(model_path, dark)) > AUTO_SETTINGS["auto_strength_noisy_target"]
+    response = _enhance(server, dark)
+    assert AUTO_SETTINGS["auto_strength_floor"] < _assert_is_the_blend(response, dark, model_path) < 1.0
+    assert _luma(response) == pytest.approx(AUTO_SETTINGS["auto_strength_noisy_target"], abs=0.01)
 
     bright = bright_image(80, 120, seed=7)
-    assert scene_exposure(bright) > AUTO_SETTINGS["auto_strength_bright"]
+    assert estimate_exposure(bright) > AUTO_SETTINGS["auto_strength_noisy_target"]
     response = _enhance(server, bright, strength="auto")
     floor = AUTO_SETTINGS["auto_strength_floor"]
-    assert float(response.headers["x-strength"]) == pytest.approx(floor, abs=1e-3)
-    model_change = np.abs(reference_enhance(model_path, bright).astype(np.float32) - bright)
-    change = np.abs(_pixels(response) - bright.astype(np.float32))
-    # The answer moves at most `floor` of the way from the upload towards the model output.
-    assert change.mean() <= floor * model_change.mean() + 0.5
+    assert _assert_is_the_blend(response, bright, model_path) == pytest.approx(floor, abs=1e-3)
 
 
-def test_auto_strength_falls_as_the_scene_gets_brighter(server: ServerProcess) -> None:
-    applied = []
-    for gain in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):  # clean images: scenes lit brighter and brighter
+def test_auto_never_answers_a_brighter_photo_with_a_darker_one(server: ServerProcess) -> None:
+    strengths, lumas = [], []
+    for gain in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0):  # clean images: scenes lit brighter and brighter
         image = np.clip(dark_image(60, 80, seed=8, noise=0).astype(np.float32) * gain, 0, 255).astype(np.uint8)
-        applied.append(float(_enhance(server, image).headers["x-strength"]))
-    assert applied[0] == 1.0 and applied[-1] == AUTO_SETTINGS["auto_strength_floor"]
-    assert all(b <= a for a, b in itertools.pairwise(applied)), applied
+        response = _enhance(server, image)
+        strengths.append(float(response.headers["x-strength"]))
+        lumas.append(_luma(response))
+    assert lumas[0] == pytest.approx(AUTO_SETTINGS["auto_strength_target"], abs=0.01)  # lifted, not blown out
+    assert strengths[-1] == AUTO_SETTINGS["auto_strength_floor"]
+    assert all(b <= a for a, b in itertools.pairwise(strengths)), strengths
+    assert all(b >= a - 0.005 for a, b in itertools.pairwise(lumas)), lumas
 
 
-def test_auto_gives_a_brightened_noisy_dark_capture_full_strength(server: ServerProcess) -> None:
-    """A dark, noisy capture brightened 4x after the fact is bright, but its noise says the scene was
-    dark: auto judges the scene, so it still gets the model's full effect."""
-    image = np.clip(dark_image(80, 120, seed=9).astype(np.float32) * 4, 0, 255).astype(np.uint8)
-    assert estimate_exposure(image) > AUTO_SETTINGS["auto_strength_bright"]
-    assert scene_exposure(image) < AUTO_SETTINGS["auto_strength_dark"]
-    response = _enhance(server, image)
-    assert float(response.headers["x-strength"]) == 1.0
-    assert float(response.headers["x-digital-gain"]) > 2.0
+def test_a_brightened_noisy_capture_gets_the_low_light_target(server: ServerProcess, model_path: Path) -> None:
+    """A dark, noisy capture brightened 2x after the fact, and a clean photo just as bright: the noise
+    says the first is a low-light capture, so it is lifted to the higher target; the clean one is
+    already past the clean target and gets the floor."""
+    noisy = np.clip(dark_image(80, 120, seed=9).astype(np.float32) * 2, 0, 255).astype(np.uint8)
+    clean = np.clip(dark_image(80, 120, seed=9, noise=0).astype(np.float32) * 2, 0, 255).astype(np.uint8)
+    assert (
+        AUTO_SETTINGS["auto_strength_target"] < estimate_exposure(clean) < AUTO_SETTINGS["auto_strength_noisy_target"]
+    )
+    response = _enhance(server, noisy)
+    assert float(response.headers["x-digital-gain"]) > 1.5
+    assert _assert_is_the_blend(response, noisy, model_path) > AUTO_SETTINGS["auto_strength_floor"]
+    assert _luma(response) == pytest.approx(AUTO_SETTINGS["auto_strength_noisy_target"], abs=0.01)
+    response = _enhance(server, clean)
+    assert _assert_is_the_blend(response, clean, model_path) == AUTO_SETTINGS["auto_strength_floor"]
+
+
+def test_auto_with_the_bundled_model_lifts_clean_photos_to_the_target_without_a_cliff(tmp_path: Path) -> None:
+    """The default rule with the bundled model, on a clean photo (taken in good light, or denoised)
+    sent at exposures from dark to bright: the answer's brightness never falls as the upload's rises
+    (no cliff), and it is brought up to the target brightness, not blown out past it."""
+    target = Settings().auto_strength_target
+    scene = dark_image(120, 180, seed=3, noise=0).astype(np.float32)
+    scene_mean = estimate_exposure(scene.astype(np.uint8))
+    server = ServerProcess(BUNDLED_MODEL_PATH, tmp_path / "bundled.log").start()
+    try:
+        answers = []
+        for exposure in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6):
+            upload = np.clip(np.rint(scene * (exposure / scene_mean)), 0, 255).astype(np.uint8)
+            answer = _pixels(_enhance(server, upload)).astype(np.uint8)
+            answers.append((round(estimate_exposure(upload), 3), round(estimate_exposure(answer), 3)))
+    finally:
+        assert server.stop() in GRACEFUL_EXIT_CODES
+    assert all(b[1] >= a[1] - 0.01 for a, b in itertools.pairwise(answers)), answers
+    # At most the target (or the upload's own brightness), plus the floor's small share of the model.
+    assert all(out <= max(upload, target) + 0.03 for upload, out in answers), answers
+    assert answers[2][1] == pytest.approx(target, abs=0.02), answers  # 0.15: lifted to the target
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "strong", "nan", "inf"])
@@ -143,27 +190,50 @@ def test_bad_strength_is_a_422_that_names_the_parameter(server: ServerProcess, v
 # --- the parts, without a server ------------------------------------------------------------
 
 
-def test_auto_strength_curve_and_its_validation() -> None:
-    curve = AutoStrength(dark=0.2, bright=0.6, floor=0.25)
-    assert curve.strength_for(0.0) == curve.strength_for(0.2) == 1.0
-    assert curve.strength_for(0.4) == pytest.approx(0.625)
-    assert curve.strength_for(0.6) == curve.strength_for(1.0) == 0.25
+def _reading(exposure: float, digital_gain: float = 1.0, noisiness: float = 0.0) -> ExposureReading:
+    return ExposureReading(exposure, digital_gain, 1.0, noisiness)
+
+
+def test_auto_strength_rule_and_its_validation() -> None:
+    auto = AutoStrength(target=0.4, noisy_target=0.5, noisy=0.5, floor=0.05)
+    clean = _reading(0.15)
+    # Before the model has run: an upper bound (the model may be needed at full strength).
+    assert auto.strength_for(clean) == 1.0
+    # The blend is linear in mean luma: 0.15 + s * (0.80 - 0.15) = 0.4.
+    assert auto.strength_for(clean, output_exposure=0.80) == pytest.approx(0.25 / 0.65)
+    assert auto.strength_for(clean, output_exposure=0.35) == 1.0  # the model alone falls short: all of it
+    assert auto.strength_for(clean, output_exposure=0.10) == 0.05  # the model darkens it: the floor
+    assert auto.strength_for(_reading(0.45)) == auto.strength_for(_reading(0.45), output_exposure=0.7) == 0.05
+    # With a dark capture's noise: the higher target.
+    noisy = _reading(0.45, digital_gain=3.0, noisiness=3.0)
+    assert auto.strength_for(noisy, output_exposure=0.7) == pytest.approx(0.05 / 0.25)
+    assert (
+        auto.target_for(_reading(0.2, noisiness=0.49)) == 0.4 and auto.target_for(_reading(0.2, noisiness=0.5)) == 0.5
+    )
+    for bad in (
+        {"target": 0.5, "noisy_target": 0.4, "noisy": 0.5, "floor": 0.1},
+        {"target": 0.4, "noisy_target": 1.5, "noisy": 0.5, "floor": 0.1},
+        {"target": 0.4, "noisy_target": 0.5, "noisy": -1.0, "floor": 0.1},
+        {"target": 0.4, "noisy_target": 0.5, "noisy": 0.5, "floor": 1.1},
+    ):
+        with pytest.raises(ValueError):
+            AutoStrength(**bad)
     with pytest.raises(ValueError):
-        AutoStrength(dark=0.5, bright=0.5, floor=0.1)
-    with pytest.raises(ValueError):
-        Settings(auto_strength_dark=0.6, auto_strength_bright=0.4)
+        Settings(auto_strength_target=0.6, auto_strength_noisy_target=0.4)
 
 
 def test_exposure_estimate_and_resolution() -> None:
     gray = np.full((64, 64, 3), 128, dtype=np.uint8)
     assert estimate_exposure(gray) == pytest.approx(128 / 255, abs=1e-6)
     assert estimate_exposure(gray.astype(np.float32) / 255) == pytest.approx(128 / 255, abs=1e-6)
-    curve = AutoStrength(dark=0.2, bright=0.6, floor=0.0)
-    exposure = estimate_exposure(gray)
-    assert resolve_strength(AUTO, exposure, curve) == pytest.approx(1 - (128 / 255 - 0.2) / 0.4)
-    assert resolve_strength(0.3, exposure, curve) == 0.3
+    auto = AutoStrength(target=0.6, noisy_target=0.6, noisy=0.5, floor=0.0)
+    reading = _reading(estimate_exposure(gray))
+    assert resolve_strength(AUTO, reading, auto, output_exposure=0.7) == pytest.approx(
+        (0.6 - 128 / 255) / (0.7 - 128 / 255)
+    )
+    assert resolve_strength(0.3, reading, auto) == 0.3
     with pytest.raises(ValueError):
-        resolve_strength(1.2, exposure, curve)
+        resolve_strength(1.2, reading, auto)
 
 
 def test_blend_is_exact_at_the_ends_and_rounds_between() -> None:
