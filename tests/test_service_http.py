@@ -43,11 +43,14 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Batching on, small tiles (so a 600 x 400 image is tiled), small limits (so they are cheap to hit)."""
+    """Batching on, small tiles (so a 600 x 400 image is tiled), small limits (so they are cheap to hit);
+    `auto` aims at full brightness, so answers are the model output itself, to compare with."""
     running = ServerProcess(
         model_path,
         tmp_path_factory.mktemp("logs") / "main.log",
         tile_size=64,
+        auto_strength_target=1.0,
+        auto_strength_noisy_target=1.0,
         max_batch_size=4,
         max_batch_delay_ms=50,
         queue_size=32,
