@@ -220,22 +220,22 @@ def as_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | None = None) -> Enhancer:
     """``enhancer`` wrapped as the service runs it: the upload darkened by the default exposure
     normalisation (service.exposure), then the strength blend with the upload (service.strength);
-    ``auto`` judges the scene exposure with the service's default curve. With ``jpeg_quality`` the
+    ``auto`` aims at the service's default brightness targets. With ``jpeg_quality`` the
     input is uploaded as a JPEG of that quality: round-tripped, and judged by the lossy rule."""
     settings = Settings()
-    curve = settings.auto_strength
+    auto = settings.auto_strength
     normalisation = settings.exposure_normalisation if jpeg_quality is None else settings.lossy_exposure_normalisation
 
     def run(image: np.ndarray) -> np.ndarray:
         if jpeg_quality is not None:
             image = as_jpeg(image, jpeg_quality)
         reading = normalisation.read(image)
-        applied = resolve_strength(strength, reading, curve)  # for auto, an upper bound
+        applied = resolve_strength(strength, reading, auto)  # for auto, an upper bound
         if applied <= 0:
             return image.copy()
         enhanced = _enhance_darkened(enhancer, image, reading.gain)
         if strength == AUTO:
-            applied = resolve_strength(strength, reading, curve, estimate_exposure(enhanced))
+            applied = resolve_strength(strength, reading, auto, estimate_exposure(enhanced))
         blend_into(enhanced, image, applied)
         return enhanced
 
