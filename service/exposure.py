@@ -137,10 +137,13 @@ class ExposureNormalisation:
     def digital_gain_for(self, exposure: float, ratio: float | None) -> float:
         """The brightening since capture that a ``noise_ratio`` of ``ratio`` implies, in
         [1, ``MAX_DIGITAL_GAIN``], never taking the scene below ``MIN_SCENE_EXPOSURE``."""
+        return self._digital_gain(exposure, self.noisiness_for(ratio))
+
+    @staticmethod
+    def _digital_gain(exposure: float, noisiness: float) -> float:
         if exposure <= MIN_SCENE_EXPOSURE:
             return 1.0
-        implied = self.noisiness_for(ratio)
-        return float(min(max(implied, 1.0), MAX_DIGITAL_GAIN, exposure / MIN_SCENE_EXPOSURE))
+        return float(min(max(noisiness, 1.0), MAX_DIGITAL_GAIN, exposure / MIN_SCENE_EXPOSURE))
 
     def noisiness_for(self, ratio: float | None) -> float:
         """``(ratio / noise_reference) ** 2``: the gain a native capture would need to be this noisy
@@ -159,5 +162,6 @@ class ExposureNormalisation:
         """Measure an H x W x 3 upload (uint8, or float in [0, 1]) and decide its gain."""
         exposure = estimate_exposure(image)
         ratio = noise_ratio(image) if self.noise_reference > 0.0 else None
-        digital_gain = self.digital_gain_for(exposure, ratio)
-        return ExposureReading(exposure, digital_gain, self.gain_for(exposure, digital_gain), self.noisiness_for(ratio))
+        noisiness = self.noisiness_for(ratio)
+        digital_gain = self._digital_gain(exposure, noisiness)
+        return ExposureReading(exposure, digital_gain, self.gain_for(exposure, digital_gain), noisiness)

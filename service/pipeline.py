@@ -19,11 +19,10 @@ from service import imageio
 from service.admission import Cost
 from service.batcher import Batcher, BatchReport
 from service.engine import Engine
-from service.exposure import estimate_exposure
 from service.imageio import OutputFormat, OutputSpec
 from service.metrics import Metrics
 from service.settings import Settings
-from service.strength import AUTO, Strength, blend_into, resolve_strength
+from service.strength import AUTO, Strength, apply_strength, resolve_strength
 from service.tiling import extract_tile, stitch_tile
 
 
@@ -134,10 +133,9 @@ class Pipeline:
         else:
             with (admit or _admit_everything)(self.cost(decoded.height, decoded.width)):
                 enhancement = await self.enhance_pixels(decoded.rgb, gain=gain)
-            if strength == AUTO:
-                output_exposure = await asyncio.to_thread(estimate_exposure, enhancement.pixels)
-                applied = resolve_strength(strength, reading, self.auto_strength, output_exposure)
-            await asyncio.to_thread(blend_into, enhancement.pixels, decoded.rgb, applied)
+            applied = await asyncio.to_thread(
+                apply_strength, enhancement.pixels, decoded.rgb, strength, reading, self.auto_strength
+            )
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
         return EnhancedFile(

@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.exposure import ExposureReading
+from service.exposure import ExposureReading, estimate_exposure
 
 AUTO: Literal["auto"] = "auto"
 Strength = Literal["auto"] | float
@@ -77,6 +77,17 @@ def resolve_strength(
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"strength must be 'auto' or a number from 0 to 1, got {requested!r}")
     return value
+
+
+def apply_strength(
+    enhanced: np.ndarray, upload: np.ndarray, requested: Strength, reading: ExposureReading, auto: AutoStrength
+) -> float:
+    """Blend the full-strength model output ``enhanced`` with ``upload`` in place at the requested
+    strength (``auto``: chosen from ``enhanced``'s own brightness) and return the strength applied."""
+    output_exposure = estimate_exposure(enhanced) if requested == AUTO else None
+    applied = resolve_strength(requested, reading, auto, output_exposure)
+    blend_into(enhanced, upload, applied)
+    return applied
 
 
 def blend_into(enhanced: np.ndarray, original: np.ndarray, strength: float) -> None:

@@ -22,9 +22,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.network import FRLIE
-from service.exposure import ExposureNormalisation, estimate_exposure
+from service.exposure import ExposureNormalisation
 from service.settings import Settings
-from service.strength import AUTO, Strength, blend_into, parse_strength, resolve_strength
+from service.strength import Strength, apply_strength, parse_strength, resolve_strength
 from training.baselines import BASELINES
 from training.data import EXPOSURE_VARIANTS, ExposureVariant, ImagePair, PairedDataError, list_pairs, load_rgb
 from training.figures import Panel, compose, sheet_row, write_before_after, write_exposure_figure
@@ -230,13 +230,10 @@ def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | Non
         if jpeg_quality is not None:
             image = as_jpeg(image, jpeg_quality)
         reading = normalisation.read(image)
-        applied = resolve_strength(strength, reading, auto)  # for auto, an upper bound
-        if applied <= 0:
+        if resolve_strength(strength, reading, auto) <= 0:  # for auto, an upper bound
             return image.copy()
         enhanced = _enhance_darkened(enhancer, image, reading.gain)
-        if strength == AUTO:
-            applied = resolve_strength(strength, reading, auto, estimate_exposure(enhanced))
-        blend_into(enhanced, image, applied)
+        apply_strength(enhanced, image, strength, reading, auto)
         return enhanced
 
     kind = getattr(enhancer, "kind", "function")
