@@ -49,7 +49,7 @@ StrengthParameter = Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]
 STRENGTH_HELP = (
     "How much of the model's effect to apply: 'auto' (default: enough to bring the photo to a normal "
     "brightness and no more, full strength for noisy low-light captures; photos that are already bright "
-    "are left almost alone) or a number from 0 (the upload unchanged) to 1 (the model output)."
+    "come back unchanged) or a number from 0 (the upload unchanged) to 1 (the model output)."
 )
 
 log = logging.getLogger(__name__)

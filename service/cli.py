@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_strength,
         default=AUTO,
         metavar="auto|0-1",
-        help="'auto' (default: up to a normal brightness, bright photos left almost alone) "
+        help="'auto' (default: up to a normal brightness; bright photos come back unchanged) "
         "or 0 (unchanged) to 1 (model output)",
     )
     enhance_parser.set_defaults(func=enhance)

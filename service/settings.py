@@ -169,10 +169,12 @@ class Settings(BaseSettings):
         "about 1 for a LOL-style capture) is at least this count as low-light captures.",
     )
     auto_strength_floor: float = Field(
-        0.05,
+        0.0,
         ge=0,
         le=1,
-        description="strength=auto: the least strength any upload gets (0: bright photos are returned unchanged).",
+        description="strength=auto: the least strength any upload gets. At 0, an upload already at least as "
+        "bright as its target is returned unchanged without running the model (a large well-exposed photo "
+        "is answered at once instead of after a full-size model run for an invisible blend).",
     )
 
     # --- exposure normalisation -----------------------------------------------------------

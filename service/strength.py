@@ -7,10 +7,11 @@ never runs the model.
 
 ``auto`` aims at a brightness: the strength that brings the upload's mean luma up to a target, read
 off the model output's own mean luma (the blend is linear in it), and no more. So a moderately dark
-photo comes back normally exposed instead of blown out, a photo already brighter than the target is
-left (almost) alone, and a brighter copy of a photo never comes back darker than a dimmer one. An
-upload with the noise of a dark capture (``noisiness``, see service.exposure), which is what the
-network was trained for, gets a somewhat brighter target than a clean photo.
+photo comes back normally exposed instead of blown out, a photo already as bright as the target is
+left alone (at the default floor of 0, without running the model), and a brighter copy of a photo
+never comes back darker than a dimmer one. An upload with the noise of a dark capture
+(``noisiness``, see service.exposure), which is what the network was trained for, gets a somewhat
+brighter target than a clean photo.
 """
 
 from __future__ import annotations

@@ -184,6 +184,23 @@ def test_cli_reports_bad_paths_without_traceback(
     assert "no image named" in capsys.readouterr().err
 
 
+def test_means_leave_identical_outputs_out_of_psnr_and_count_them() -> None:
+    """auto strength returns bright uploads unchanged (PSNR inf): the PSNR means stay finite."""
+    from training.evaluate import format_exposures, mean_scores
+
+    rows = [
+        {"psnr": 20.0, "ssim": 0.5, "psnr_gt_mean": 22.0, "niqe": None},
+        {"psnr": math.inf, "ssim": 1.0, "psnr_gt_mean": math.inf, "niqe": None},
+        {"psnr": 30.0, "ssim": 0.9, "psnr_gt_mean": 31.0, "niqe": None},
+    ]
+    means = mean_scores(rows)
+    assert means["psnr"] == pytest.approx(25.0) and means["psnr_gt_mean"] == pytest.approx(26.5)
+    assert means["ssim"] == pytest.approx(0.8) and means["niqe"] is None
+    assert means["identical"] == 1
+    table = format_exposures({"high": means}, count=3)
+    assert "identical" in table.splitlines()[0] and table.splitlines()[-1].split()[-1] == "1"
+
+
 def test_evaluate_model_without_cli_baselines_or_niqe(checkpoint: Path, lol_pairs: Path) -> None:
     # The fast form training uses for validation.
     pairs = list_pairs(lol_pairs / "val")[:1]
@@ -210,9 +227,11 @@ def test_exposure_rows_on_real_pairs(checkpoint: Path, lol_pairs: Path, tmp_path
     plain = evaluate_model(enhancer, pairs, baselines=None, with_niqe=False, progress=False)["mean"]
     assert rows["low"]["psnr"] == pytest.approx(plain["psnr"])
     assert len({round(row["psnr"], 6) for row in rows.values()}) == 4  # four different inputs
-    # Strength 0 hands back the input: the high row is then exact, the low row is the input's score.
+    # Strength 0 hands back the input: the high row is then exact (counted as identical, no PSNR mean
+    # to take), the low row is the input's score.
     untouched = evaluate_exposures(with_strength(enhancer, 0.0), pairs, progress=False)
-    assert math.isinf(untouched["high"]["psnr"]) and untouched["high"]["ssim"] == pytest.approx(1.0)
+    assert untouched["high"]["psnr"] is None and untouched["high"]["identical"] == len(pairs)
+    assert untouched["high"]["ssim"] == pytest.approx(1.0) and untouched["low"]["identical"] == 0
     assert untouched["low"]["psnr"] == pytest.approx(np.mean([psnr(load_rgb(p.low), load_rgb(p.high)) for p in pairs]))
 
     out = tmp_path / "result.json"

@@ -35,6 +35,7 @@ from training.niqe import niqe
 METRIC_KEYS = ("psnr", "ssim", "psnr_gt_mean", "niqe")
 METRIC_DIGITS = {"psnr": 2, "ssim": 4, "psnr_gt_mean": 2, "niqe": 3}
 METRIC_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "psnr_gt_mean": "PSNR GT-mean", "niqe": "NIQE"}
+IDENTICAL = "identical"  # how many outputs equal their reference exactly (left out of the PSNR means)
 GT_MEAN_NOTE = (
     "PSNR GT-mean: output rescaled to the reference's mean gray level before PSNR (uses the ground "
     "truth; higher than plain PSNR by design). Quote it only beside plain PSNR."
@@ -58,11 +59,18 @@ def score_image(output: np.ndarray, reference: np.ndarray, with_niqe: bool = Tru
 
 
 def mean_scores(rows: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
-    """Per-metric mean over images; None where a metric was not computed."""
+    """Per-metric mean over images; None where a metric was not computed.
+
+    An output identical to its reference has an infinite PSNR (``auto`` strength returns an upload
+    already as bright as its target unchanged): it is left out of the PSNR means, so they stay
+    numbers (the mean over the images that changed, a lower bound of the real mean), and counted
+    in ``identical``.
+    """
     means: dict[str, float | None] = {}
     for key in METRIC_KEYS:
-        values = [value for row in rows if (value := row.get(key)) is not None]
+        values = [value for row in rows if (value := row.get(key)) is not None and math.isfinite(value)]
         means[key] = float(np.mean(values)) if values else None
+    means[IDENTICAL] = float(sum(row.get("psnr") == math.inf for row in rows))
     return means
 
 
@@ -188,8 +196,9 @@ def validate_model(
 
 def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int) -> str:
     """The exposure rows as one table: input variant, then the metrics against the high image."""
-    header = [f"input (mean of {count}, vs high)", *(METRIC_HEADERS[key] for key in METRIC_KEYS)]
-    return _table(header, [[name, *_metric_cells(scores)] for name, scores in rows.items()])
+    header = [f"input (mean of {count}, vs high)", *(METRIC_HEADERS[key] for key in METRIC_KEYS), "identical"]
+    cells = [[name, *_metric_cells(scores), f"{scores.get(IDENTICAL) or 0:.0f}"] for name, scores in rows.items()]
+    return _table(header, cells)
 
 
 def _enhance_darkened(enhancer: Enhance, image: np.ndarray, gain: float) -> np.ndarray:
