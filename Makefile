@@ -28,7 +28,7 @@ help:
 	@echo "make train-exposure  the 2.0 recipe: exposure-robust stage 2 warm-started from the shipped weights"
 	@echo "make train-normalised  the 2.2 recipe: the exposure mix on inputs normalised as the service does"
 	@echo "make train-noise  the 2.3 recipe: validate INIT under the noise-aware normalisation, as a run to ship"
-	@echo "make train-finetune  the 2.4 recipe: stage 2 fine-tuned from INIT on LOL lows, normalised as the service does"
+	@echo "make train-finetune  a 2.4 candidate (not adopted): stage 2 fine-tuned from INIT on LOL lows, normalised as the service does"
 	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
 	@echo "make export    export CHECKPOINT=$(CHECKPOINT) to MODEL=$(MODEL)"
 	@echo "make ship      export RUN=$(RUN) into model/weights with its training record (0.2 dB rule)"
@@ -84,7 +84,7 @@ train-noise: $(VENV)/.dev-installed
 	$(PY) -m training stage2 --preset noise-2.3 --data $(DATA) --out $(RUNS)/stage2-noise \
 		--init $(INIT) --max-minutes $(NOISE_MINUTES) $(TRAIN_FLAGS)
 
-# Model 2.4: INIT's FRNet (the 2.4 release: the 2.3 files, i.e. the 1.1 network) fine-tuned on plain
+# A 2.4 candidate (not adopted, see the preset): INIT's FRNet fine-tuned on plain
 # LOL lows under the service's normalisation, with 192 px crops, 8-way flips and an EMA.
 FINETUNE_MINUTES ?= 95
 train-finetune: $(VENV)/.dev-installed

@@ -198,7 +198,8 @@ def test_means_leave_identical_outputs_out_of_psnr_and_count_them() -> None:
     assert means["ssim"] == pytest.approx(0.8) and means["niqe"] is None
     assert means["identical"] == 1
     table = format_exposures({"high": means}, count=3)
-    assert "identical" in table.splitlines()[0] and table.splitlines()[-1].split()[-1] == "1"
+    header, _, row, note = table.splitlines()
+    assert header.split()[-1] == "identical" and row.split()[-1] == "1" and "means over the other" in note
 
 
 def test_evaluate_model_without_cli_baselines_or_niqe(checkpoint: Path, lol_pairs: Path) -> None:

@@ -36,6 +36,10 @@ METRIC_KEYS = ("psnr", "ssim", "psnr_gt_mean", "niqe")
 METRIC_DIGITS = {"psnr": 2, "ssim": 4, "psnr_gt_mean": 2, "niqe": 3}
 METRIC_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "psnr_gt_mean": "PSNR GT-mean", "niqe": "NIQE"}
 IDENTICAL = "identical"  # how many outputs equal their reference exactly (left out of the PSNR means)
+IDENTICAL_NOTE = (
+    "identical: outputs equal to their reference (infinite PSNR, e.g. a photo auto strength returns "
+    "unchanged); the PSNR columns are means over the other outputs only."
+)
 GT_MEAN_NOTE = (
     "PSNR GT-mean: output rescaled to the reference's mean gray level before PSNR (uses the ground "
     "truth; higher than plain PSNR by design). Quote it only beside plain PSNR."
@@ -198,7 +202,10 @@ def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int)
     """The exposure rows as one table: input variant, then the metrics against the high image."""
     header = [f"input (mean of {count}, vs high)", *(METRIC_HEADERS[key] for key in METRIC_KEYS), "identical"]
     cells = [[name, *_metric_cells(scores), f"{scores.get(IDENTICAL) or 0:.0f}"] for name, scores in rows.items()]
-    return _table(header, cells)
+    table = _table(header, cells)
+    if any(scores.get(IDENTICAL) for scores in rows.values()):
+        table += "\n" + IDENTICAL_NOTE
+    return table
 
 
 def _enhance_darkened(enhancer: Enhance, image: np.ndarray, gain: float) -> np.ndarray:
