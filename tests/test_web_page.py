@@ -155,6 +155,18 @@ def test_manual_strength_zero_returns_the_photo(page: object, tmp_path: Path) ->
     playwright_api.expect(page.locator("#details")).to_contain_text("0.000", timeout=30_000)
 
 
+def test_auto_says_when_a_bright_photo_comes_back_unchanged(page: object, tmp_path: Path) -> None:
+    """A well-exposed photo under strength=auto is answered with itself: the page says why."""
+    rng = np.random.default_rng(5)
+    bright = np.clip(150 + rng.normal(0, 20, (60, 80, 3)), 0, 255).astype(np.uint8)
+    photo = tmp_path / "sunny.png"
+    photo.write_bytes(encode_image(bright, "PNG"))
+    page.set_input_files("#file-input", str(photo))
+    page.click("#enhance")
+    playwright_api.expect(page.locator("#status")).to_contain_text("came back unchanged", timeout=30_000)
+    playwright_api.expect(page.locator("#details")).to_contain_text("0.000")
+
+
 def test_unsupported_file_shows_a_readable_error(page: object, tmp_path: Path) -> None:
     gif = tmp_path / "<img src=x onerror=alert(1)>.gif"
     gif.write_bytes(animated_gif())

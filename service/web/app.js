@@ -149,7 +149,11 @@ function showOriginal(file) {
   els.before.src = track(file);
 }
 
-function showResult(xhr, file) {
+// strength=auto answers a photo that is already as bright as its target with the photo itself.
+const UNCHANGED_NOTE = " It is already as bright as the automatic setting aims for, so it came back unchanged; "
+  + "untick Automatic and raise the strength to apply the model anyway.";
+
+function showResult(xhr, file, requestedStrength) {
   const type = (xhr.getResponseHeader("Content-Type") || "image/png").split(";")[0];
   const blob = new Blob([xhr.response], { type });
   const url = track(blob);
@@ -178,7 +182,10 @@ function showResult(xhr, file) {
     els.details.append(dt, dd);
   });
   els.result.hidden = false;
-  els.after.onload = () => setStatus(`Done: ${els.after.naturalWidth} × ${els.after.naturalHeight} pixels.`);
+  const unchanged = requestedStrength === "auto" && Number(xhr.getResponseHeader("X-Strength")) === 0;
+  els.after.onload = () => setStatus(
+    `Done: ${els.after.naturalWidth} × ${els.after.naturalHeight} pixels.${unchanged ? UNCHANGED_NOTE : ""}`,
+  );
 }
 
 function enhance() {
@@ -186,7 +193,8 @@ function enhance() {
   clearError();
   releaseUrls();
   const file = chosen;
-  const { xhr, form } = post(file, { strength: strengthValue(), format: els.format.value, quality: els.quality.value });
+  const strength = strengthValue();
+  const { xhr, form } = post(file, { strength, format: els.format.value, quality: els.quality.value });
   request = xhr;
   els.enhance.disabled = true;
   els.cancel.hidden = false;
@@ -198,7 +206,7 @@ function enhance() {
     finish();
     if (xhr.status === 200) {
       els.elapsed.textContent = "";
-      showResult(xhr, file);
+      showResult(xhr, file, strength);
     } else {
       els.elapsed.textContent = "";
       showError(errorMessage(xhr));
