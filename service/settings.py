@@ -176,6 +176,14 @@ class Settings(BaseSettings):
         "bright as its target is returned unchanged without running the model (a large well-exposed photo "
         "is answered at once instead of after a full-size model run for an invisible blend).",
     )
+    auto_strength_match_from: float = Field(
+        0.75,
+        ge=0,
+        le=1,
+        description="strength=auto: a noisy upload that would get at least this strength (predicted on a "
+        "thumbnail) gets its input darkened until the model output itself reaches the target, instead of a "
+        "blend that mixes the upload's noise back in (1: always blend).",
+    )
 
     # --- exposure normalisation -----------------------------------------------------------
     exposure_noise_reference: float = Field(
@@ -246,6 +254,7 @@ class Settings(BaseSettings):
             self.auto_strength_noisy_target,
             self.auto_strength_noisy,
             self.auto_strength_floor,
+            self.auto_strength_match_from,
         )
 
     @property

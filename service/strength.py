@@ -12,11 +12,18 @@ left alone (at the default floor of 0, without running the model), and a brighte
 never comes back darker than a dimmer one. An upload with the noise of a dark capture
 (``noisiness``, see service.exposure), which is what the network was trained for, gets a somewhat
 brighter target than a clean photo.
+
+Blending mixes the upload's noise back in. So when a noisy upload would get mostly model anyway (a
+strength of at least ``match_from``, predicted on a thumbnail), ``auto`` darkens the network's input
+instead, until the model output itself is about as bright as the target (``matched_gain``): the
+answer is then almost all model, at the same brightness. One full-size model run either way.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +35,8 @@ AUTO: Literal["auto"] = "auto"
 Strength = Literal["auto"] | float
 
 BLEND_ROWS = 256  # rows blended per step, so a 24 MP blend needs no full-size float copy
+THUMBNAIL_SIDE = 256  # the longest side of the copy ``auto`` predicts the model's brightness on
+MATCH_STEPS = 2  # thumbnail runs per matched gain: the output's brightness is nearly linear in the gain
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class AutoStrength:
     noisy_target: float
     noisy: float
     floor: float
+    match_from: float = 1.0  # predicted strength from which a noisy upload's gain is matched (1: never)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target <= self.noisy_target <= 1.0:
@@ -49,6 +59,8 @@ class AutoStrength:
             raise ValueError(f"auto strength noisiness threshold must be >= 0, got {self.noisy}")
         if not 0.0 <= self.floor <= 1.0:
             raise ValueError(f"auto strength floor must be in [0, 1], got {self.floor}")
+        if not 0.0 <= self.match_from <= 1.0:
+            raise ValueError(f"auto strength match threshold must be in [0, 1], got {self.match_from}")
 
     def target_for(self, reading: ExposureReading) -> float:
         """The mean luma an upload is brought up to: higher for one with a dark capture's noise."""
@@ -65,6 +77,54 @@ class AutoStrength:
         if output_exposure <= exposure:  # the model does not brighten this one: leave it
             return self.floor
         return max(self.floor, min(1.0, (target - exposure) / (output_exposure - exposure)))
+
+    def may_match(self, reading: ExposureReading) -> bool:
+        """Whether ``matched_gain`` can differ from the reading's gain: only for noisy uploads."""
+        return reading.noisiness >= self.noisy and self.match_from < 1.0
+
+    def next_matched_gain(
+        self, reading: ExposureReading, gain: float, output_exposure: float, first: bool
+    ) -> float | None:
+        """One step of ``matched_gain``: the model output of the thumbnail at ``gain`` has mean luma
+        ``output_exposure``; returns the gain to try next, or None (on the ``first`` step) when the
+        upload is not one to match: clean, or one the blend would give less than ``match_from``."""
+        target = self.target_for(reading)
+        if first and (
+            not self.may_match(reading)
+            or output_exposure <= target
+            or self.strength_for(reading, output_exposure) < self.match_from
+        ):
+            return None
+        # Aiming past the target (the final blend would bring it back) lost 0.1 dB on val x2 / x4.
+        return gain * min(1.0, target / max(output_exposure, 1e-6))
+
+
+def matched_gain(auto: AutoStrength, reading: ExposureReading, output_exposure_at: Callable[[float], float]) -> float:
+    """The gain the network's input gets under ``auto``: the reading's, or for a noisy upload the blend
+    would give mostly model, the one whose model output reaches the target (``output_exposure_at``:
+    the mean luma of the model output of the upload's thumbnail at a gain). The service runs the
+    same steps asynchronously (service.pipeline)."""
+    gain = reading.gain
+    if not auto.may_match(reading):
+        return gain
+    for step in range(MATCH_STEPS):
+        proposal = auto.next_matched_gain(reading, gain, output_exposure_at(gain), first=step == 0)
+        if proposal is None:
+            break
+        gain = proposal
+    return gain
+
+
+def exposure_thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """``image`` (H x W x 3, uint8 or float) shrunk by a whole factor (block means) to a longest side
+    of at most ``side``: enough to predict the brightness of the model's output cheaply."""
+    factor = max(1, math.ceil(max(image.shape[:2]) / side))
+    if factor == 1:
+        return image
+    height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor, 3)
+    small: np.ndarray = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return np.rint(small).astype(np.uint8) if image.dtype == np.uint8 else small
 
 
 def resolve_strength(

@@ -22,7 +22,16 @@ from service_helpers import (
 from model.contract import BUNDLED_MODEL_PATH
 from service.exposure import ExposureReading, estimate_exposure
 from service.settings import Settings
-from service.strength import AUTO, AutoStrength, blend_into, parse_strength, resolve_strength
+from service.strength import (
+    AUTO,
+    MATCH_STEPS,
+    AutoStrength,
+    blend_into,
+    exposure_thumbnail,
+    matched_gain,
+    parse_strength,
+    resolve_strength,
+)
 
 pytestmark = pytest.mark.timeout(120)
 # Targets under the tiny model's own brightening (mean luma ~0.55-0.65 on the test patterns), so
@@ -32,6 +41,8 @@ AUTO_SETTINGS = {
     "auto_strength_noisy_target": 0.45,
     "auto_strength_noisy": 0.5,
     "auto_strength_floor": 0.1,
+    # Low enough that the tiny model's noisy dark patterns (strength ~0.7) take the matched-gain path.
+    "auto_strength_match_from": 0.5,
 }
 
 
@@ -100,10 +111,25 @@ def _luma(response: httpx.Response) -> float:
     return estimate_exposure(_pixels(response).astype(np.uint8))
 
 
+def _auto_gain(model_path: Path, upload: np.ndarray) -> float:
+    """The input gain `auto` should pick, from the independent reference model on the thumbnail."""
+    settings = Settings(**AUTO_SETTINGS)
+    reading = settings.exposure_normalisation.read(upload)
+    thumbnail = exposure_thumbnail(upload)
+    return matched_gain(
+        settings.auto_strength,
+        reading,
+        lambda gain: estimate_exposure(reference_enhance(model_path, thumbnail, gain=gain)),
+    )
+
+
 def _assert_is_the_blend(response: httpx.Response, upload: np.ndarray, model_path: Path) -> float:
-    """The answer is the upload blended with the model output at the strength X-Strength reports."""
+    """The answer (to strength=auto) is the upload blended, at the strength X-Strength reports, with
+    the model output at the input gain auto picks, which X-Exposure-Gain reports."""
     strength = float(response.headers["x-strength"])
-    model = reference_enhance(model_path, upload).astype(np.float32)
+    gain = _auto_gain(model_path, upload)
+    assert float(response.headers["x-exposure-gain"]) == pytest.approx(gain, abs=1e-3)
+    model = reference_enhance(model_path, upload, gain=gain).astype(np.float32)
     expected = upload + strength * (model - upload)
     assert np.abs(_pixels(response) - expected).max() <= 1
     return strength
@@ -116,7 +142,16 @@ def test_auto_lifts_a_dark_photo_to_its_target_and_keeps_a_bright_one_close(
     assert estimate_exposure(dark) < AUTO_SETTINGS["auto_strength_target"]
     assert estimate_exposure(reference_enhance(model_path, dark)) > AUTO_SETTINGS["auto_strength_noisy_target"]
     response = _enhance(server, dark)
-    assert AUTO_SETTINGS["auto_strength_floor"] < _assert_is_the_blend(response, dark, model_path) < 1.0
+    # The blend at the reading's gain would be mostly model, so auto darkened the input instead, until
+    # the model output itself was about as bright as the target: (almost) no upload noise mixed back.
+    settings = Settings(**AUTO_SETTINGS)
+    reading = settings.exposure_normalisation.read(dark)
+    assert float(response.headers["x-exposure-gain"]) < 0.9 * reading.gain
+    unmatched = settings.auto_strength.strength_for(reading, estimate_exposure(reference_enhance(model_path, dark)))
+    assert unmatched >= AUTO_SETTINGS["auto_strength_match_from"]
+    # (The tiny random model's brightness hardly follows its input's, so the match itself is shown
+    # with the bundled model below.)
+    assert AUTO_SETTINGS["auto_strength_floor"] < _assert_is_the_blend(response, dark, model_path) <= 1.0
     assert _luma(response) == pytest.approx(AUTO_SETTINGS["auto_strength_noisy_target"], abs=0.01)
 
     bright = bright_image(80, 120, seed=7)
@@ -182,6 +217,37 @@ def test_auto_with_the_bundled_model_lifts_clean_photos_to_the_target_without_a_
     assert answers[2][1] == pytest.approx(target, abs=0.02), answers  # 0.15: lifted to the target
 
 
+def test_auto_matches_the_gain_of_a_brightened_low_light_photo_instead_of_blending(
+    tmp_path: Path, lol_pairs: Path
+) -> None:
+    """A real LOL low brightened 2x after capture (its noise says so): the blend at the reading's gain
+    would be mostly model plus some of the upload's amplified noise; auto darkens the network's input
+    instead, so the answer is (nearly) all model at the target brightness, and closer to the reference."""
+    from training.data import list_pairs, load_rgb
+    from training.metrics import psnr
+
+    pair = next(p for p in list_pairs(lol_pairs / "val") if p.name == "101.png")
+    upload = np.clip(load_rgb(pair.low).astype(np.int16) * 2, 0, 255).astype(np.uint8)
+    reference = load_rgb(pair.high)
+    settings = Settings()
+    reading = settings.exposure_normalisation.read(upload)
+    full = reference_enhance(BUNDLED_MODEL_PATH, upload, gain=reading.gain)
+    unmatched = settings.auto_strength.strength_for(reading, estimate_exposure(full))
+    assert reading.noisiness >= settings.auto_strength_noisy and unmatched >= settings.auto_strength_match_from
+    blended = np.rint(upload + unmatched * (full.astype(np.float32) - upload)).astype(np.uint8)
+
+    server = ServerProcess(BUNDLED_MODEL_PATH, tmp_path / "bundled.log").start()
+    try:
+        response = _enhance(server, upload)
+    finally:
+        assert server.stop() in GRACEFUL_EXIT_CODES
+    answer = _pixels(response).astype(np.uint8)
+    assert float(response.headers["x-exposure-gain"]) < reading.gain
+    assert float(response.headers["x-strength"]) > unmatched
+    assert estimate_exposure(answer) == pytest.approx(settings.auto_strength_noisy_target, abs=0.03)
+    assert psnr(answer, reference) > psnr(blended, reference) + 1.0
+
+
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "strong", "nan", "inf"])
 def test_bad_strength_is_a_422_that_names_the_parameter(server: ServerProcess, value: str) -> None:
     response = _enhance(server, dark_image(20, 20), strength=value)
@@ -224,6 +290,41 @@ def test_auto_strength_rule_and_its_validation() -> None:
             AutoStrength(**bad)
     with pytest.raises(ValueError):
         Settings(auto_strength_target=0.6, auto_strength_noisy_target=0.4)
+
+
+def test_matched_gain_reaches_the_target_for_noisy_uploads_only() -> None:
+    """On a model whose output brightness is proportional to its input's (a fixed-gain model),
+    matching lands on the target; clean uploads and ones the blend gives little keep their gain."""
+    auto = AutoStrength(target=0.4, noisy_target=0.5, noisy=0.5, floor=0.0, match_from=0.75)
+    calls: list[float] = []
+
+    def fixed_gain_model(gain: float) -> float:  # output mean luma of an upload at 0.1 times 6
+        calls.append(gain)
+        return 0.1 * gain * 6.0
+
+    noisy = ExposureReading(0.1, 1.0, 1.0, noisiness=1.0)  # blend strength (0.5 - 0.1) / (0.6 - 0.1) = 0.8
+    assert matched_gain(auto, noisy, fixed_gain_model) == pytest.approx(0.5 / 0.6)
+    assert len(calls) == MATCH_STEPS
+    calls.clear()
+    assert matched_gain(auto, ExposureReading(0.1, 1.0, 1.0, noisiness=0.2), fixed_gain_model) == 1.0
+    assert not calls  # clean: no thumbnail run at all
+    assert matched_gain(AutoStrength(0.4, 0.5, 0.5, 0.0, match_from=0.9), noisy, fixed_gain_model) == 1.0
+    darkish = ExposureReading(0.1, 1.0, 1.0, noisiness=1.0)
+    assert matched_gain(auto, darkish, lambda gain: 0.45 * gain) == 1.0  # the model alone falls short
+    with pytest.raises(ValueError):
+        AutoStrength(0.4, 0.5, 0.5, 0.0, match_from=1.5)
+
+
+def test_exposure_thumbnail_keeps_the_mean_and_shrinks_by_a_whole_factor() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (601, 1000, 3), dtype=np.uint8)
+    small = exposure_thumbnail(image, side=256)
+    assert small.dtype == np.uint8 and small.shape == (150, 250, 3)  # factor 4, the ragged edge dropped
+    assert small.mean() == pytest.approx(image[:600].mean(), abs=0.5)
+    assert exposure_thumbnail(image[:200, :200], side=256) is not None
+    np.testing.assert_array_equal(exposure_thumbnail(image[:200, :200], side=256), image[:200, :200])
+    as_float = exposure_thumbnail(image.astype(np.float32) / 255, side=256)
+    assert as_float.dtype == np.float32 and as_float.shape == (150, 250, 3)
 
 
 def test_exposure_estimate_and_resolution() -> None:

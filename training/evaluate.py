@@ -22,9 +22,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.network import FRLIE
-from service.exposure import ExposureNormalisation
+from service.exposure import ExposureNormalisation, estimate_exposure
 from service.settings import Settings
-from service.strength import Strength, apply_strength, parse_strength, resolve_strength
+from service.strength import (
+    AUTO,
+    Strength,
+    apply_strength,
+    exposure_thumbnail,
+    matched_gain,
+    parse_strength,
+    resolve_strength,
+)
 from training.baselines import BASELINES
 from training.data import EXPOSURE_VARIANTS, ExposureVariant, ImagePair, PairedDataError, list_pairs, load_rgb
 from training.figures import Panel, compose, sheet_row, write_before_after, write_exposure_figure
@@ -236,7 +244,8 @@ def as_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | None = None) -> Enhancer:
     """``enhancer`` wrapped as the service runs it: the upload darkened by the default exposure
     normalisation (service.exposure), then the strength blend with the upload (service.strength);
-    ``auto`` aims at the service's default brightness targets. With ``jpeg_quality`` the
+    ``auto`` aims at the service's default brightness targets (matching the input gain to them on a
+    thumbnail for noisy uploads, as the service does). With ``jpeg_quality`` the
     input is uploaded as a JPEG of that quality: round-tripped, and judged by the lossy rule."""
     settings = Settings()
     auto = settings.auto_strength
@@ -248,7 +257,11 @@ def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | Non
         reading = normalisation.read(image)
         if resolve_strength(strength, reading, auto) <= 0:  # for auto, an upper bound
             return image.copy()
-        enhanced = _enhance_darkened(enhancer, image, reading.gain)
+        gain = reading.gain
+        if strength == AUTO:
+            thumbnail = exposure_thumbnail(image)
+            gain = matched_gain(auto, reading, lambda g: estimate_exposure(_enhance_darkened(enhancer, thumbnail, g)))
+        enhanced = _enhance_darkened(enhancer, image, gain)
         apply_strength(enhanced, image, strength, reading, auto)
         return enhanced
 
