@@ -42,7 +42,8 @@ MATCH_STEPS = 2  # thumbnail runs per matched gain: the output's brightness is n
 @dataclass(frozen=True)
 class AutoStrength:
     """``auto``: the strength that lifts an upload's mean luma to ``target`` (``noisy_target`` for
-    uploads at least ``noisy`` noisy), at most 1 and never below ``floor``."""
+    uploads at least ``noisy`` noisy), at most 1 and never below ``floor``; noisy uploads it would
+    give at least ``match_from`` get a matched input gain instead (``matched_gain``)."""
 
     target: float
     noisy_target: float
