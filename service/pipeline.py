@@ -19,11 +19,10 @@ from service import imageio
 from service.admission import Cost
 from service.batcher import Batcher, BatchReport
 from service.engine import Engine
-from service.exposure import ExposureReading, estimate_exposure
 from service.imageio import OutputFormat, OutputSpec
 from service.metrics import Metrics
 from service.settings import Settings
-from service.strength import AUTO, MATCH_STEPS, Strength, apply_strength, exposure_thumbnail, resolve_strength
+from service.strength import AUTO, Strength, apply_strength, matched_gain, resolve_strength
 from service.tiling import extract_tile, stitch_tile
 
 
@@ -102,21 +101,9 @@ class Pipeline:
             output, len(plan.tiles), sum(report.inference_seconds for report in reports), plan.describe()
         )
 
-    async def _matched_gain(self, image: np.ndarray, reading: ExposureReading) -> float:
-        """service.strength.matched_gain, with the thumbnail runs through the batcher."""
-        if not self.auto_strength.may_match(reading):
-            return reading.gain  # skip the thumbnail
-        thumbnail = await asyncio.to_thread(exposure_thumbnail, image)
-        gain = reading.gain
-        for step in range(MATCH_STEPS):
-            output = await self.enhance_pixels(thumbnail, gain=gain)
-            proposal = self.auto_strength.next_matched_gain(
-                reading, gain, estimate_exposure(output.pixels), first=step == 0
-            )
-            if proposal is None:
-                break
-            gain = proposal
-        return gain
+    async def _model_output(self, image: np.ndarray, gain: float) -> np.ndarray:
+        """The model output of a small image (``auto``'s thumbnail) at ``gain``."""
+        return (await self.enhance_pixels(image, gain=gain)).pixels
 
     def cost(self, height: int, width: int) -> Cost:
         """What enhancing an image of this size will take, from its plan and the measured throughput."""
@@ -147,7 +134,7 @@ class Pipeline:
             enhancement = Enhancement(decoded.rgb, 0, 0.0)
         else:
             if strength == AUTO:
-                gain = await self._matched_gain(decoded.rgb, reading)
+                gain = await matched_gain(self.auto_strength, reading, decoded.rgb, self._model_output)
             with (admit or _admit_everything)(self.cost(decoded.height, decoded.width)):
                 enhancement = await self.enhance_pixels(decoded.rgb, gain=gain)
             self.metrics.tiles_per_request.observe(enhancement.tiles)

@@ -22,8 +22,9 @@ answer is then almost all model, at the same brightness. One full-size model run
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,36 +84,35 @@ class AutoStrength:
         """Whether ``matched_gain`` can differ from the reading's gain: only for noisy uploads."""
         return reading.noisiness >= self.noisy and self.match_from < 1.0
 
-    def next_matched_gain(
-        self, reading: ExposureReading, gain: float, output_exposure: float, first: bool
-    ) -> float | None:
-        """One step of ``matched_gain``: the model output of the thumbnail at ``gain`` has mean luma
-        ``output_exposure``; returns the gain to try next, or None (on the ``first`` step) when the
-        upload is not one to match: clean, or one the blend would give less than ``match_from``."""
-        target = self.target_for(reading)
-        if first and (
-            not self.may_match(reading)
-            or output_exposure <= target
-            or self.strength_for(reading, output_exposure) < self.match_from
-        ):
-            return None
-        # Aiming past the target (the final blend would bring it back) lost 0.1 dB on val x2 / x4.
-        return gain * min(1.0, target / max(output_exposure, 1e-6))
+    def should_match(self, reading: ExposureReading, output_exposure: float) -> bool:
+        """Whether an upload whose model output (at the reading's gain) has mean luma ``output_exposure``
+        gets a matched gain: noisy, and one the blend would give at least ``match_from``."""
+        return (
+            self.may_match(reading)
+            and output_exposure > self.target_for(reading)
+            and self.strength_for(reading, output_exposure) >= self.match_from
+        )
 
 
-def matched_gain(auto: AutoStrength, reading: ExposureReading, output_exposure_at: Callable[[float], float]) -> float:
+async def matched_gain(
+    auto: AutoStrength,
+    reading: ExposureReading,
+    upload: np.ndarray,
+    enhance: Callable[[np.ndarray, float], Awaitable[np.ndarray]],
+) -> float:
     """The gain the network's input gets under ``auto``: the reading's, or for a noisy upload the blend
-    would give mostly model, the one whose model output reaches the target (``output_exposure_at``:
-    the mean luma of the model output of the upload's thumbnail at a gain). The service runs the
-    same steps asynchronously (service.pipeline)."""
+    would give mostly model, the one whose model output reaches the target. ``enhance(image, gain)``
+    runs the model on ``image`` times ``gain``; it only ever gets the upload's thumbnail."""
     gain = reading.gain
     if not auto.may_match(reading):
-        return gain
+        return gain  # no thumbnail at all
+    thumbnail = await asyncio.to_thread(exposure_thumbnail, upload)
     for step in range(MATCH_STEPS):
-        proposal = auto.next_matched_gain(reading, gain, output_exposure_at(gain), first=step == 0)
-        if proposal is None:
+        output_exposure = estimate_exposure(await enhance(thumbnail, gain))
+        if step == 0 and not auto.should_match(reading, output_exposure):
             break
-        gain = proposal
+        # Aiming past the target (the final blend would bring it back) lost 0.1 dB on val x2 / x4.
+        gain *= min(1.0, auto.target_for(reading) / max(output_exposure, 1e-6))
     return gain
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -115,12 +116,20 @@ def _auto_gain(model_path: Path, upload: np.ndarray) -> float:
     """The input gain `auto` should pick, from the independent reference model on the thumbnail."""
     settings = Settings(**AUTO_SETTINGS)
     reading = settings.exposure_normalisation.read(upload)
-    thumbnail = exposure_thumbnail(upload)
-    return matched_gain(
-        settings.auto_strength,
-        reading,
-        lambda gain: estimate_exposure(reference_enhance(model_path, thumbnail, gain=gain)),
-    )
+
+    async def reference_model(image: np.ndarray, gain: float) -> np.ndarray:
+        return reference_enhance(model_path, image, gain=gain)
+
+    return asyncio.run(matched_gain(settings.auto_strength, reading, upload, reference_model))
+
+
+def _match(auto: AutoStrength, reading: ExposureReading, output_exposure_at: Callable[[float], float]) -> float:
+    """``matched_gain`` with a stand-in model whose output is a flat image of the given mean luma."""
+
+    async def flat_model(image: np.ndarray, gain: float) -> np.ndarray:
+        return np.full((4, 4, 3), output_exposure_at(gain), dtype=np.float32)
+
+    return asyncio.run(matched_gain(auto, reading, np.zeros((8, 8, 3), np.uint8), flat_model))
 
 
 def _assert_is_the_blend(response: httpx.Response, upload: np.ndarray, model_path: Path) -> float:
@@ -303,14 +312,14 @@ def test_matched_gain_reaches_the_target_for_noisy_uploads_only() -> None:
         return 0.1 * gain * 6.0
 
     noisy = ExposureReading(0.1, 1.0, 1.0, noisiness=1.0)  # blend strength (0.5 - 0.1) / (0.6 - 0.1) = 0.8
-    assert matched_gain(auto, noisy, fixed_gain_model) == pytest.approx(0.5 / 0.6)
+    assert _match(auto, noisy, fixed_gain_model) == pytest.approx(0.5 / 0.6)
     assert len(calls) == MATCH_STEPS
     calls.clear()
-    assert matched_gain(auto, ExposureReading(0.1, 1.0, 1.0, noisiness=0.2), fixed_gain_model) == 1.0
+    assert _match(auto, ExposureReading(0.1, 1.0, 1.0, noisiness=0.2), fixed_gain_model) == 1.0
     assert not calls  # clean: no thumbnail run at all
-    assert matched_gain(AutoStrength(0.4, 0.5, 0.5, 0.0, match_from=0.9), noisy, fixed_gain_model) == 1.0
+    assert _match(AutoStrength(0.4, 0.5, 0.5, 0.0, match_from=0.9), noisy, fixed_gain_model) == 1.0
     darkish = ExposureReading(0.1, 1.0, 1.0, noisiness=1.0)
-    assert matched_gain(auto, darkish, lambda gain: 0.45 * gain) == 1.0  # the model alone falls short
+    assert _match(auto, darkish, lambda gain: 0.45 * gain) == 1.0  # the model alone falls short
     with pytest.raises(ValueError):
         AutoStrength(0.4, 0.5, 0.5, 0.0, match_from=1.5)
 

@@ -8,6 +8,7 @@ images, a comparison sheet and a before/after figure for the README.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import math
@@ -22,13 +23,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.network import FRLIE
-from service.exposure import ExposureNormalisation, estimate_exposure
+from service.exposure import ExposureNormalisation
 from service.settings import Settings
 from service.strength import (
     AUTO,
     Strength,
     apply_strength,
-    exposure_thumbnail,
     matched_gain,
     parse_strength,
     resolve_strength,
@@ -251,16 +251,16 @@ def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | Non
     auto = settings.auto_strength
     normalisation = settings.exposure_normalisation if jpeg_quality is None else settings.lossy_exposure_normalisation
 
+    async def model_output(image: np.ndarray, gain: float) -> np.ndarray:
+        return _enhance_darkened(enhancer, image, gain)
+
     def run(image: np.ndarray) -> np.ndarray:
         if jpeg_quality is not None:
             image = as_jpeg(image, jpeg_quality)
         reading = normalisation.read(image)
         if resolve_strength(strength, reading, auto) <= 0:  # for auto, an upper bound
             return image.copy()
-        gain = reading.gain
-        if strength == AUTO:
-            thumbnail = exposure_thumbnail(image)
-            gain = matched_gain(auto, reading, lambda g: estimate_exposure(_enhance_darkened(enhancer, thumbnail, g)))
+        gain = asyncio.run(matched_gain(auto, reading, image, model_output)) if strength == AUTO else reading.gain
         enhanced = _enhance_darkened(enhancer, image, gain)
         apply_strength(enhanced, image, strength, reading, auto)
         return enhanced
