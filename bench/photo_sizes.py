@@ -5,7 +5,7 @@ its default except the model path, then, one server for the whole run:
 
 (a) posts one dark PNG photo per size, one at a time (after one untimed warm-up upload of the
     reference size), and records status, wall seconds, seconds per output megapixel and its
-    ratio to the reference size's, and the X-Tile-Plan / X-Tile-Count the service chose;
+    ratio to the reference size's, and the X-Tile-Plan / X-Tile-Count / X-Ensemble-Passes the service chose;
 (b) polls the server's resident memory (/proc/PID/status VmRSS, every 0.2 s) over the whole
     run and reads its high-water mark (VmHWM) at the end;
 (c) sends a burst of concurrent uploads of the reference size that the default queue admits;
@@ -297,6 +297,7 @@ def one_by_one(server: ServerProcess, config: PhotoSizesConfig, rss: RssPoller) 
             megapixels = images.megapixels(size)
             inference_ms = reply.header("x-inference-time-ms")
             tile_count = reply.header("x-tile-count")
+            passes = reply.header("x-ensemble-passes")
             rows.append(
                 {
                     "size": images.label(size),
@@ -308,6 +309,7 @@ def one_by_one(server: ServerProcess, config: PhotoSizesConfig, rss: RssPoller) 
                     "seconds_per_output_megapixel": reply.seconds / megapixels,
                     "tile_plan": reply.header("x-tile-plan"),
                     "tile_count": int(tile_count) if tile_count else None,
+                    "ensemble_passes": int(passes) if passes else None,
                     "inference_s": float(inference_ms) / 1000 if inference_ms else None,
                     "output_size_ok": decoded_size(reply.body) == size if reply.status == 200 else None,
                     "server_peak_rss_bytes": rss.interval_peak(),
@@ -406,6 +408,7 @@ def markdown(result: dict[str, Any], caption: str) -> str:
             num(r["ratio_to_reference"]),
             r["tile_plan"] or MISSING,
             r["tile_count"] if r["tile_count"] is not None else MISSING,
+            r.get("ensemble_passes") if r.get("ensemble_passes") is not None else MISSING,
             num(r["inference_s"]),
             _mb(r["server_peak_rss_bytes"]),
         ]
@@ -422,6 +425,7 @@ def markdown(result: dict[str, Any], caption: str) -> str:
             f"x {reference} per MP",
             "X-Tile-Plan",
             "X-Tile-Count",
+            "X-Ensemble-Passes",
             "inference s",
             "server peak RSS MB",
         ],

@@ -17,8 +17,15 @@ import numpy as np
 import onnxruntime as ort
 
 from model import contract
+from service.ensemble import passes_for
 from service.memory import measure_peak_growth, return_freed_buffers_to_the_os
-from service.settings import CPU_PROVIDER, DEFAULT_GPU_TILE_SIZE, Settings
+from service.settings import (
+    CPU_PROVIDER,
+    DEFAULT_CPU_ENSEMBLE_PIXELS,
+    DEFAULT_GPU_ENSEMBLE_PIXELS,
+    DEFAULT_GPU_TILE_SIZE,
+    Settings,
+)
 from service.throughput import ThroughputEstimate
 from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
 
@@ -137,6 +144,11 @@ class Engine:
         # With padded batches every ORT call on a shape carries exactly batch_limit(shape) items.
         self.pad_batches = on_gpu if settings.fixed_batch_shapes is None else settings.fixed_batch_shapes
         self.max_batch_size = settings.effective_max_batch_size
+        self.max_ensemble_passes = settings.self_ensemble
+        default_ensemble_pixels = DEFAULT_GPU_ENSEMBLE_PIXELS if on_gpu else DEFAULT_CPU_ENSEMBLE_PIXELS
+        self.ensemble_pixels = (
+            default_ensemble_pixels if settings.self_ensemble_pixels is None else settings.self_ensemble_pixels
+        )
         if self.cost_aware:
             self._measure()
         self.max_batch_pixels = settings.max_batch_pixels
@@ -217,6 +229,10 @@ class Engine:
             height, width, core=self.tile_core, receptive_radius=self.receptive_radius, multiple=self.size_multiple
         )
 
+    def ensemble_passes(self, height: int, width: int) -> int:
+        """Model passes (service.ensemble) an image of this size gets within the self-ensemble budget."""
+        return passes_for(height * width, self.max_ensemble_passes, self.ensemble_pixels)
+
     def predicted_seconds(self, computed_pixels: int) -> float | None:
         """How long the model needs for this many computed pixels, from measured throughput."""
         seconds_per_pixel = self.seconds_per_pixel
@@ -284,6 +300,8 @@ class Engine:
             "max_window_pixels": self.max_window_pixels,
             "seconds_per_megapixel": None if seconds_per_pixel is None else seconds_per_pixel * 1e6,
             "example_plans": {f"{w}x{h}": self.plan(h, w).describe() for w, h in EXAMPLE_SIZES},
+            "self_ensemble_pixels": self.ensemble_pixels,
+            "example_ensemble_passes": {f"{w}x{h}": self.ensemble_passes(h, w) for w, h in EXAMPLE_SIZES},
             "max_batch_pixels": self.max_batch_pixels,
             "padded_batches": self.pad_batches,
             "io_binding": self.use_io_binding,

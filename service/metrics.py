@@ -51,7 +51,7 @@ class Metrics:
         )
         self.tiles_per_request = Histogram(
             f"{PREFIX}_tiles_per_request",
-            "Model inputs one image was cut into (1 = ran whole).",
+            "Model inputs one image was cut into, over all its self-ensemble passes (1 = ran whole, once).",
             buckets=TILE_COUNT_BUCKETS,
             registry=r,
         )

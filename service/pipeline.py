@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 
-from service import imageio
+from service import ensemble, imageio
 from service.admission import Cost
 from service.batcher import Batcher, BatchReport
 from service.engine import Engine
@@ -34,6 +34,7 @@ class Enhancement:
     tiles: int
     inference_seconds: float  # total of the ORT calls that carried this image's work
     plan: str = "none"  # how the image was cut into model calls (TilePlan.describe)
+    passes: int = 0  # model runs averaged (service.ensemble); 0: the model did not run
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class EnhancedFile:
     exposure_gain: float  # what the upload was multiplied by before the model (1: not darkened)
     digital_gain: float  # how much brighter the upload looked than its capture (service.exposure)
     plan: str
+    passes: int  # model runs averaged (service.ensemble); 0: the model did not run
 
 
 class Pipeline:
@@ -73,9 +75,30 @@ class Pipeline:
     async def close(self) -> None:
         await self.batcher.close()
 
-    async def enhance_pixels(self, image: np.ndarray, out_dtype: type = np.uint8, gain: float = 1.0) -> Enhancement:
-        """Enhance H x W x 3 (uint8, or float32 in [0, 1]) scaled by ``gain`` (exposure normalisation);
-        uint8 output is rounded, float is raw."""
+    async def enhance_pixels(
+        self, image: np.ndarray, out_dtype: type = np.uint8, gain: float = 1.0, passes: int = 1
+    ) -> Enhancement:
+        """Enhance H x W x 3 (uint8, or float32 in [0, 1]) scaled by ``gain`` (exposure normalisation),
+        averaging ``passes`` orientations (service.ensemble); uint8 output is rounded, float is raw.
+
+        The passes go to the batcher together, so same-shape ones (the flips) can share ORT calls."""
+        if passes == 1:
+            return await self._enhance_once(image, out_dtype, gain)
+        used = ensemble.orientations(passes)
+        runs = await asyncio.gather(
+            *(self._enhance_once(orientation.forward(image), np.float32, gain) for orientation in used)
+        )
+        pixels = await asyncio.to_thread(ensemble.average, [run.pixels for run in runs], used, out_dtype)
+        return Enhancement(
+            pixels,
+            sum(run.tiles for run in runs),
+            sum(run.inference_seconds for run in runs),
+            runs[0].plan,
+            passes,
+        )
+
+    async def _enhance_once(self, image: np.ndarray, out_dtype: type, gain: float) -> Enhancement:
+        """One pass of the model over ``image``, tile by tile through the batcher."""
         height, width = image.shape[:2]
         plan = self.engine.plan(height, width)
         output: np.ndarray = np.empty((height, width, 3), dtype=out_dtype)
@@ -98,7 +121,7 @@ class Pipeline:
             for future in pending:  # only non-empty on error or cancellation
                 future.cancel()
         return Enhancement(
-            output, len(plan.tiles), sum(report.inference_seconds for report in reports), plan.describe()
+            output, len(plan.tiles), sum(report.inference_seconds for report in reports), plan.describe(), 1
         )
 
     async def _model_output(self, image: np.ndarray, gain: float) -> np.ndarray:
@@ -106,9 +129,11 @@ class Pipeline:
         return (await self.enhance_pixels(image, gain=gain)).pixels
 
     def cost(self, height: int, width: int) -> Cost:
-        """What enhancing an image of this size will take, from its plan and the measured throughput."""
+        """What enhancing an image of this size will take, from its plan, its self-ensemble passes
+        and the measured throughput."""
         plan = self.engine.plan(height, width)
-        return Cost(height * width, self.engine.predicted_seconds(plan.computed_pixels))
+        passes = self.engine.ensemble_passes(height, width)
+        return Cost(height * width, self.engine.predicted_seconds(passes * plan.computed_pixels))
 
     async def process(
         self,
@@ -136,7 +161,8 @@ class Pipeline:
             if strength == AUTO:
                 gain = await matched_gain(self.auto_strength, reading, decoded.rgb, self._model_output)
             with (admit or _admit_everything)(self.cost(decoded.height, decoded.width)):
-                enhancement = await self.enhance_pixels(decoded.rgb, gain=gain)
+                passes = self.engine.ensemble_passes(decoded.height, decoded.width)
+                enhancement = await self.enhance_pixels(decoded.rgb, gain=gain, passes=passes)
             self.metrics.tiles_per_request.observe(enhancement.tiles)
             self.metrics.pixels_processed.inc(decoded.height * decoded.width)
             applied = await asyncio.to_thread(
@@ -153,6 +179,7 @@ class Pipeline:
             gain,
             reading.digital_gain,
             enhancement.plan,
+            enhancement.passes,
         )
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 import bench.server
 from bench.service_config import setting_env
-from service.settings import Settings
+from service.settings import DEFAULT_CPU_ENSEMBLE_PIXELS, Settings
 
 TINY_MODEL_VERSION = "test-tiny"
 STARTUP_TIMEOUT_S = 60.0
@@ -52,24 +52,77 @@ def export_tiny_model(directory: Path) -> Path:
     return _exported["tiny"]
 
 
-def reference_enhance(model_path: Path, rgb: np.ndarray, gain: float | None = None) -> np.ndarray:
+def reference_enhance(
+    model_path: Path, rgb: np.ndarray, gain: float | None = None, passes: int | None = None
+) -> np.ndarray:
     """Independent whole-image reference: pad bottom/right (reflect) to a multiple of 4 and >= 20, run, crop, round.
 
     ``gain`` is the exposure normalisation applied to the input first; None: what the service's
     default settings give this image (test_service_exposure checks that choice on its own).
+    ``passes`` is the self-ensemble: the mean over that many of the orientations in
+    ``REFERENCE_ORIENTATIONS``, each run whole and turned back; None: what the service's default
+    settings give an image of this size on the CPU.
     """
     if gain is None:
         gain = Settings().exposure_normalisation.read(rgb).gain
+    if passes is None:
+        passes = default_ensemble_passes(*rgb.shape[:2])
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    height, width = rgb.shape[:2]
-    pad_h = max(20, -(-height // 4) * 4) - height
-    pad_w = max(20, -(-width // 4) * 4) - width
     scaled = rgb.astype(np.float32) / np.float32(255.0)
     if gain != 1.0:  # the same two float32 steps as service.tiling.extract_tile, so the pixels are identical
         scaled *= np.float32(gain)
-    padded = np.pad(scaled, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
-    (output,) = session.run(["enhanced"], {"image": padded.transpose(2, 0, 1)[None]})
-    return np.rint(np.clip(output[0, :, :height, :width].transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
+    total: np.ndarray | None = None
+    for forward, inverse in REFERENCE_ORIENTATIONS[:passes]:
+        answer = inverse(_run_whole(session, forward(scaled)))
+        total = answer.copy() if total is None else total + answer  # in pass order, as the service sums
+    assert total is not None
+    if passes > 1:
+        total /= np.float32(passes)
+    return np.rint(np.clip(total, 0, 1) * 255).astype(np.uint8)
+
+
+def _run_whole(session: ort.InferenceSession, image: np.ndarray) -> np.ndarray:
+    """The model's float answer for an H x W x 3 float32 image, padded as the service pads and cropped."""
+    height, width = image.shape[:2]
+    pad_h = max(20, -(-height // 4) * 4) - height
+    pad_w = max(20, -(-width // 4) * 4) - width
+    padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+    (output,) = session.run(["enhanced"], {"image": np.ascontiguousarray(padded.transpose(2, 0, 1)[None])})
+    result: np.ndarray = output[0, :, :height, :width].transpose(1, 2, 0)
+    return result
+
+
+def _turned(flip_rows: bool, flip_cols: bool, transpose: bool) -> tuple[Callable[..., np.ndarray], ...]:
+    """(forward, inverse) for one orientation, written independently of service.ensemble."""
+
+    def forward(image: np.ndarray) -> np.ndarray:
+        image = np.flip(image, axis=0) if flip_rows else image
+        image = np.flip(image, axis=1) if flip_cols else image
+        return np.swapaxes(image, 0, 1) if transpose else image
+
+    def inverse(image: np.ndarray) -> np.ndarray:
+        image = np.swapaxes(image, 0, 1) if transpose else image
+        image = np.flip(image, axis=1) if flip_cols else image
+        return np.flip(image, axis=0) if flip_rows else image
+
+    return forward, inverse
+
+
+# The service's order (identity, left-right, up-down, both; then the same transposed): the float sum
+# of the answers depends on it in its last bit.
+REFERENCE_ORIENTATIONS = [
+    _turned(rows, cols, transpose)
+    for transpose in (False, True)
+    for rows, cols in ((False, False), (False, True), (True, False), (True, True))
+]
+
+
+def default_ensemble_passes(height: int, width: int) -> int:
+    """Self-ensemble passes at the service's default settings on the CPU: the most of 1, 2, 4, 8 (at
+    most FRLIE_SELF_ENSEMBLE) whose pixels fit the default CPU budget."""
+    settings = Settings()
+    budget = DEFAULT_CPU_ENSEMBLE_PIXELS if settings.self_ensemble_pixels is None else settings.self_ensemble_pixels
+    return max(p for p in (1, 2, 4, 8) if p == 1 or (p <= settings.self_ensemble and p * height * width <= budget))
 
 
 # --- a real server ----------------------------------------------------------------------------

@@ -36,7 +36,9 @@ def test_quick_photo_sizes_run_reports_sizes_memory_and_concurrency(tmp_path: Pa
         assert positive(row["wall_s"]) and positive(row["seconds_per_output_megapixel"]), row
         assert positive(row["ratio_to_reference"]) and positive(row["inference_s"]), row
         assert row["tile_count"] >= 1 and row["tile_plan"], row
-        assert row["tile_plan"].startswith("whole ") == (row["tile_count"] == 1), row
+        # X-Tile-Count counts the model inputs of every self-ensemble pass.
+        assert row["ensemble_passes"] >= 1 and row["tile_count"] % row["ensemble_passes"] == 0, row
+        assert row["tile_plan"].startswith("whole ") == (row["tile_count"] == row["ensemble_passes"]), row
         assert positive(row["server_peak_rss_bytes"]), row
     assert sizes[0]["ratio_to_reference"] == 1.0
     assert document["readyz"]["tiling"] == "cost-aware"  # the CPU default: only the model path was set

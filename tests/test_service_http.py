@@ -44,11 +44,13 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Batching on, small tiles (so a 600 x 400 image is tiled), small limits (so they are cheap to hit);
-    `auto` aims at full brightness, so answers are the model output itself, to compare with."""
+    `auto` aims at full brightness, so answers are the model output itself, to compare with. One model
+    pass per image, so tile and batch counts are the plan's (test_service_ensemble covers the passes)."""
     running = ServerProcess(
         model_path,
         tmp_path_factory.mktemp("logs") / "main.log",
         tile_size=64,
+        self_ensemble=1,
         auto_strength_target=1.0,
         auto_strength_noisy_target=1.0,
         max_batch_size=4,
@@ -64,11 +66,12 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def strict_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One request at a time, a 1 s timeout, batching off."""
+    """One request at a time, a 1 s timeout, batching off, one model pass per image."""
     running = ServerProcess(
         model_path,
         tmp_path_factory.mktemp("logs") / "strict.log",
         tile_size=64,
+        self_ensemble=1,
         queue_size=1,
         request_timeout_s=1.0,
         batching="false",
@@ -122,7 +125,7 @@ def test_tiled_request_matches_the_whole_image_reference(server: ServerProcess, 
     assert float(response.headers["x-inference-time-ms"]) > 0
     output = decode_image(response.content)
     assert output.mode == "RGB" and output.size == (600, 400)
-    np.testing.assert_array_equal(np.asarray(output), reference_enhance(model_path, image))
+    np.testing.assert_array_equal(np.asarray(output), reference_enhance(model_path, image, passes=1))
 
 
 def test_output_format_follows_input_and_parameters(server: ServerProcess) -> None:
@@ -153,14 +156,14 @@ def test_rgba_keeps_alpha_and_icc_profile(server: ServerProcess, model_path: Pat
     output = decode_image(response.content)
     assert output.mode == "RGBA" and output.info.get("icc_profile") == icc
     np.testing.assert_array_equal(np.asarray(output)[..., 3], alpha)
-    np.testing.assert_array_equal(np.asarray(output)[..., :3], reference_enhance(model_path, rgb))
+    np.testing.assert_array_equal(np.asarray(output)[..., :3], reference_enhance(model_path, rgb, passes=1))
 
 
 def test_sixteen_bit_png_is_scaled_before_enhancing(server: ServerProcess, model_path: Path) -> None:
     gray8 = dark_image(40, 48)[..., 0]
     response = _post(server, png16(gray8.astype(np.uint16) * 257))
     assert response.status_code == 200
-    expected = reference_enhance(model_path, np.repeat(gray8[..., None], 3, axis=2))
+    expected = reference_enhance(model_path, np.repeat(gray8[..., None], 3, axis=2), passes=1)
     np.testing.assert_array_equal(np.asarray(decode_image(response.content)), expected)
 
 
@@ -251,7 +254,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_result(
     with ThreadPoolExecutor(len(images)) as pool:
         outputs = list(pool.map(send, images))
     for image, output in zip(images, outputs, strict=True):
-        np.testing.assert_array_equal(np.asarray(decode_image(output)), reference_enhance(model_path, image))
+        np.testing.assert_array_equal(np.asarray(decode_image(output)), reference_enhance(model_path, image, passes=1))
     batches = server.metric("frlie_batch_size_count") - batches_before
     multi_item_batches = batches - (server.metric("frlie_batch_size_bucket", le="1.0") - singles_before)
     assert batches < len(images) and multi_item_batches >= 1

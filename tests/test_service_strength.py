@@ -118,7 +118,7 @@ def _auto_gain(model_path: Path, upload: np.ndarray) -> float:
     reading = settings.exposure_normalisation.read(upload)
 
     async def reference_model(image: np.ndarray, gain: float) -> np.ndarray:
-        return reference_enhance(model_path, image, gain=gain)
+        return reference_enhance(model_path, image, gain=gain, passes=1)
 
     return asyncio.run(matched_gain(settings.auto_strength, reading, upload, reference_model))
 

@@ -126,6 +126,7 @@ def test_upload_compare_and_download(
     version = server.readyz()["model_version"]
     assert version in details and "CPU" in details and "Strength applied" in details
     assert "Exposure gain before the model" in details
+    assert "Model passes averaged (flipped copies)\n8" in details  # 300 x 200 fits 8 passes in the CPU budget
 
     with page.expect_download() as download_info:
         page.click("#download")

@@ -23,8 +23,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.network import FRLIE
+from service import ensemble
 from service.exposure import ExposureNormalisation
-from service.settings import Settings
+from service.settings import DEFAULT_CPU_ENSEMBLE_PIXELS, Settings
 from service.strength import (
     AUTO,
     Strength,
@@ -241,13 +242,32 @@ def as_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(decoded.convert("RGB"), dtype=np.uint8).copy()
 
 
+def self_ensembled(enhancer: Enhance, settings: Settings) -> Enhance:
+    """``enhancer`` averaged over the orientations the service gives an image of each size on the CPU
+    under ``settings`` (service.ensemble). It averages the enhancer's rounded outputs where the service
+    averages unrounded ones, so results match it within rounding."""
+    budget = DEFAULT_CPU_ENSEMBLE_PIXELS if settings.self_ensemble_pixels is None else settings.self_ensemble_pixels
+
+    def run(image: np.ndarray) -> np.ndarray:
+        passes = ensemble.passes_for(image.shape[0] * image.shape[1], settings.self_ensemble, budget)
+        used = ensemble.orientations(passes)
+        if passes == 1:
+            return enhancer(image)
+        answers = [enhancer(np.ascontiguousarray(o.forward(image))).astype(np.float32) / 255.0 for o in used]
+        return ensemble.average(answers, used)
+
+    return run
+
+
 def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | None = None) -> Enhancer:
     """``enhancer`` wrapped as the service runs it: the upload darkened by the default exposure
     normalisation (service.exposure), then the strength blend with the upload (service.strength);
     ``auto`` aims at the service's default brightness targets (matching the input gain to them on a
-    thumbnail for noisy uploads, as the service does). With ``jpeg_quality`` the
-    input is uploaded as a JPEG of that quality: round-tripped, and judged by the lossy rule."""
+    thumbnail for noisy uploads, as the service does), and the full-size run gets the self-ensemble
+    that the service's CPU defaults give its size. With ``jpeg_quality`` the input is uploaded as a
+    JPEG of that quality: round-tripped, and judged by the lossy rule."""
     settings = Settings()
+    full_size = self_ensembled(enhancer, settings)
     auto = settings.auto_strength
     normalisation = settings.exposure_normalisation if jpeg_quality is None else settings.lossy_exposure_normalisation
 
@@ -261,7 +281,7 @@ def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | Non
         if resolve_strength(strength, reading, auto) <= 0:  # for auto, an upper bound
             return image.copy()
         gain = asyncio.run(matched_gain(auto, reading, image, model_output)) if strength == AUTO else reading.gain
-        enhanced = _enhance_darkened(enhancer, image, gain)
+        enhanced = _enhance_darkened(full_size, image, gain)
         apply_strength(enhanced, image, strength, reading, auto)
         return enhanced
 

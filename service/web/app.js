@@ -170,6 +170,7 @@ function showResult(xhr, file, requestedStrength) {
     ["Brightened since capture (gain read from its noise)", xhr.getResponseHeader("X-Digital-Gain")],
     ["Exposure gain before the model", xhr.getResponseHeader("X-Exposure-Gain")],
     ["Tiling", xhr.getResponseHeader("X-Tile-Plan")],
+    ["Model passes averaged (flipped copies)", xhr.getResponseHeader("X-Ensemble-Passes")],
     ["Result", `${type}, ${formatBytes(blob.size)}`],
   ];
   els.details.replaceChildren();
