@@ -148,8 +148,9 @@ IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "The enhanced image, same size and orientation as the upright input. Headers: "
         "X-Model-Version, X-Execution-Provider, X-Tile-Count, X-Inference-Time-Ms, X-Strength (the strength "
         "applied, 0-1), X-Exposure-Gain (what the upload was multiplied by before the model, 1 for dark "
-        "native captures), X-Digital-Gain (how much brighter the upload looked than its capture, from its "
-        "noise; 1 for native captures), X-Tile-Plan (e.g. `whole 400x600` or `2x5 windows of 1648x1040`), "
+        "native captures and when the model did not run), X-Digital-Gain (how much brighter the upload "
+        "looked than its capture, from its noise; 1 for native captures), X-Tile-Plan (e.g. `whole 400x600` "
+        "or `2x5 windows of 1648x1040`), "
         "X-Ensemble-Passes (model runs averaged over flipped copies, FRLIE_SELF_ENSEMBLE; 0 when the model did "
         "not run).",
         "content": {fmt.media_type: {"schema": {"type": "string", "format": "binary"}} for fmt in OutputFormat},

@@ -81,15 +81,37 @@ def passes_for(pixels: int, max_passes: int, budget_pixels: int) -> int:
     return max(fitting, default=1)
 
 
+class EnsembleMean:
+    """The running mean of the model's float answers (each in [0, 1], in the orientation its pass saw),
+    turned back as they are added. Answers are added in pass order, so the float sum, and with it the
+    rounded result, does not depend on which pass finished first; each can be freed once added."""
+
+    def __init__(self) -> None:
+        self._total: np.ndarray | None = None
+        self._count = 0
+
+    def add(self, answer: np.ndarray, orientation: Orientation) -> None:
+        turned = orientation.inverse(answer)
+        if self._total is None:
+            self._total = np.array(turned, dtype=np.float32)
+        else:
+            self._total += turned
+        self._count += 1
+
+    def result(self, out_dtype: type = np.uint8) -> np.ndarray:
+        """The mean; uint8 is clipped and rounded only now, as service.tiling.stitch_tile rounds a single pass."""
+        if self._total is None:
+            raise ValueError("no answers were added")
+        mean = self._total / np.float32(self._count)
+        if out_dtype == np.uint8:
+            rounded: np.ndarray = np.rint(np.clip(mean, 0.0, 1.0) * 255.0).astype(np.uint8)
+            return rounded
+        return mean
+
+
 def average(answers: Sequence[np.ndarray], used: Sequence[Orientation], out_dtype: type = np.uint8) -> np.ndarray:
-    """The mean of the model's float answers (each in [0, 1], in the orientation its pass saw), turned
-    back; summed in pass order so the result does not depend on which pass finished first. uint8
-    output is rounded as service.tiling.stitch_tile rounds a single pass."""
-    total = np.array(used[0].inverse(answers[0]), dtype=np.float32)
-    for answer, orientation in zip(answers[1:], used[1:], strict=True):
-        total += orientation.inverse(answer)
-    total /= np.float32(len(answers))
-    if out_dtype == np.uint8:
-        rounded: np.ndarray = np.rint(np.clip(total, 0.0, 1.0) * 255.0).astype(np.uint8)
-        return rounded
-    return total
+    """The mean of ``answers``, the ``used`` orientations' float answers in pass order (EnsembleMean)."""
+    mean = EnsembleMean()
+    for answer, orientation in zip(answers, used, strict=True):
+        mean.add(answer, orientation)
+    return mean.result(out_dtype)

@@ -38,6 +38,21 @@ class Enhancement:
 
 
 @dataclass(frozen=True)
+class _Pass:
+    """One model pass over an image, and the ORT calls that carried it."""
+
+    pixels: np.ndarray
+    tiles: int
+    plan: str
+    reports: set[BatchReport]
+
+
+def _model_seconds(reports: set[BatchReport]) -> float:
+    """Model time of the ORT calls in ``reports``, each counted once however many items it carried."""
+    return sum(report.inference_seconds for report in reports)
+
+
+@dataclass(frozen=True)
 class EnhancedFile:
     """An encoded result, ready to send or write."""
 
@@ -83,21 +98,26 @@ class Pipeline:
 
         The passes go to the batcher together, so same-shape ones (the flips) can share ORT calls."""
         if passes == 1:
-            return await self._enhance_once(image, out_dtype, gain)
+            single = await self._enhance_once(image, out_dtype, gain)
+            return Enhancement(single.pixels, single.tiles, _model_seconds(single.reports), single.plan, 1)
         used = ensemble.orientations(passes)
-        runs = await asyncio.gather(
-            *(self._enhance_once(orientation.forward(image), np.float32, gain) for orientation in used)
-        )
-        pixels = await asyncio.to_thread(ensemble.average, [run.pixels for run in runs], used, out_dtype)
-        return Enhancement(
-            pixels,
-            sum(run.tiles for run in runs),
-            sum(run.inference_seconds for run in runs),
-            runs[0].plan,
-            passes,
-        )
+        runs = deque(asyncio.ensure_future(self._enhance_once(o.forward(image), np.float32, gain)) for o in used)
+        mean, tiles, plan = ensemble.EnsembleMean(), 0, "none"
+        reports: set[BatchReport] = set()  # passes that shared an ORT call count its time once
+        try:
+            for index, orientation in enumerate(used):
+                run = await runs.popleft()  # in pass order; each full-size answer is dropped once added
+                await asyncio.to_thread(mean.add, run.pixels, orientation)
+                tiles, plan = tiles + run.tiles, run.plan if index == 0 else plan
+                reports |= run.reports
+                del run
+        finally:
+            for pending_run in runs:  # only left on error or cancellation
+                pending_run.cancel()
+        pixels = await asyncio.to_thread(mean.result, out_dtype)
+        return Enhancement(pixels, tiles, _model_seconds(reports), plan, passes)
 
-    async def _enhance_once(self, image: np.ndarray, out_dtype: type, gain: float) -> Enhancement:
+    async def _enhance_once(self, image: np.ndarray, out_dtype: type, gain: float) -> _Pass:
         """One pass of the model over ``image``, tile by tile through the batcher."""
         height, width = image.shape[:2]
         plan = self.engine.plan(height, width)
@@ -120,9 +140,7 @@ class Pipeline:
         finally:
             for future in pending:  # only non-empty on error or cancellation
                 future.cancel()
-        return Enhancement(
-            output, len(plan.tiles), sum(report.inference_seconds for report in reports), plan.describe(), 1
-        )
+        return _Pass(output, len(plan.tiles), plan.describe(), reports)
 
     async def _model_output(self, image: np.ndarray, gain: float) -> np.ndarray:
         """The model output of a small image (``auto``'s thumbnail) at ``gain``."""
@@ -155,8 +173,8 @@ class Pipeline:
         # For auto, an upper bound until the model output's brightness is known.
         applied = resolve_strength(strength, reading, self.auto_strength)
         gain = reading.gain
-        if applied <= 0.0:  # the upload itself: no model call at all
-            enhancement = Enhancement(decoded.rgb, 0, 0.0)
+        if applied <= 0.0:  # the upload itself: no model call at all, so nothing was darkened either
+            enhancement, gain = Enhancement(decoded.rgb, 0, 0.0), 1.0
         else:
             if strength == AUTO:
                 gain = await matched_gain(self.auto_strength, reading, decoded.rgb, self._model_output)

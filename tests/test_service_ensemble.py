@@ -85,6 +85,11 @@ def test_average_turns_each_answer_back_before_the_mean() -> None:
     np.testing.assert_array_equal(ensemble.average(over, used[:2]), np.full((2, 2, 3), 230, np.uint8))
 
 
+def test_an_empty_mean_is_an_error_not_a_black_image() -> None:
+    with pytest.raises(ValueError, match="no answers"):
+        ensemble.EnsembleMean().result()
+
+
 def test_settings_accept_only_nested_pass_counts() -> None:
     assert Settings().self_ensemble == 8 and Settings().self_ensemble_pixels is None
     assert Settings(self_ensemble=2).self_ensemble == 2
@@ -156,10 +161,16 @@ def test_the_service_reports_and_applies_the_passes_of_its_budget(
     two_pass_server: ServerProcess, model_path: Path, height: int, width: int, passes: int
 ) -> None:
     image = dark_image(height, width, seed=height)
-    response = two_pass_server.client.post("/enhance", files={"image": ("in.png", encode_image(image, "PNG"))})
+    model_seconds_before = two_pass_server.metric("frlie_inference_duration_seconds_sum")
+    response = two_pass_server.client.post(
+        "/enhance", files={"image": ("in.png", encode_image(image, "PNG"))}, data={"strength": "1"}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["x-ensemble-passes"] == str(passes)
     assert int(response.headers["x-tile-count"]) == passes
+    # Flipped passes share ORT calls; each call's time counts once in the reported model time.
+    model_seconds = two_pass_server.metric("frlie_inference_duration_seconds_sum") - model_seconds_before
+    assert float(response.headers["x-inference-time-ms"]) / 1000 == pytest.approx(model_seconds, rel=0.01, abs=2e-4)
     expected = reference_enhance(model_path, image, passes=passes)
     np.testing.assert_array_equal(np.asarray(decode_image(response.content)), expected)
     ready = two_pass_server.client.get("/readyz").json()

@@ -212,7 +212,11 @@ def test_jpeg_uploads_are_judged_by_the_lossy_mean_rule_alone(default_server: Se
 
 def test_strength_zero_still_returns_the_upload_itself(default_server: ServerProcess) -> None:
     image = _lifted(dark_image(60, 90, seed=13), 3.0)
-    np.testing.assert_array_equal(_pixels(_enhance(default_server, image, strength="0")), image)
+    response = _enhance(default_server, image, strength="0")
+    np.testing.assert_array_equal(_pixels(response), image)
+    # The model did not run: nothing was darkened, no pass was averaged.
+    assert response.headers["x-exposure-gain"] == "1.000" and response.headers["x-ensemble-passes"] == "0"
+    assert response.headers["x-strength"] == "0.000"
 
 
 def test_both_references_zero_turn_normalisation_off(model_path: Path, tmp_path: Path) -> None:
