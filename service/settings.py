@@ -107,9 +107,9 @@ class Settings(BaseSettings):
     self_ensemble_pixels: int | None = Field(
         None,
         ge=0,
-        description="Model pixels (image pixels x passes) an image's self-ensemble may use. Unset: 1 MP on "
-        "the CPU (a 600x400 photo gets 4 passes, ~1 MP and larger photos 1), 64 MP on a GPU (8 passes up "
-        "to 8 MP).",
+        description="Model pixels (image pixels x passes) an image's self-ensemble may use; it also bounds "
+        "the passes' float answers held at once (12 bytes per pixel each). Unset: 1 MP on the CPU (a 600x400 "
+        "photo gets 4 passes, photos of 0.5 MP or more 1), 64 MP on a GPU (8 passes up to 8 MP).",
     )
 
     # --- batching and queueing -------------------------------------------------------------
