@@ -3,8 +3,10 @@
 Decoding checks the format and the pixel count from the header before any pixel is decoded
 (so a decompression bomb costs nothing), applies the EXIF orientation, and turns every accepted
 pixel layout into 8-bit RGB plus an optional alpha plane: grayscale and palette are expanded,
-16-bit samples are scaled (not clipped), CMYK is converted. An RGB ICC profile is carried to the
-output; profiles of other colour spaces (CMYK, gray) cannot describe RGB pixels and are dropped.
+16-bit samples are scaled (not clipped), CMYK is converted. Black-and-white uploads (a gray layout,
+or RGB with equal channels) are marked, so their answer can be made gray again (``make_gray``). An
+RGB ICC profile is carried to the output; profiles of other colour spaces (CMYK, gray) cannot
+describe RGB pixels and are dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
 from service.errors import InvalidImage, InvalidParameters, PayloadTooLarge, ServiceError, UnsupportedFormat
+from service.exposure import LUMA_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,11 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 # reads the digital gain from: even JPEG quality 95 erases a dark capture's noise.
 LOSSY_FORMATS = frozenset(("JPEG", "WEBP"))
 SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+GRAY_MODES = frozenset(("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N", "I"))
+# Gray levels between the channels of a JPEG or WebP upload that is still black and white (chroma
+# rounding); a lossless upload must have equal channels, since a very dark colour photo can have
+# channels within a level or two of each other everywhere.
+LOSSY_GRAY_TOLERANCE = 2
 COPY_STRIP_ROWS = 256
 # zlib level 3 encodes several times faster than Pillow's default 6 for a few percent more bytes.
 PNG_COMPRESS_LEVEL = 3
@@ -51,6 +59,7 @@ class DecodedImage:
     alpha: np.ndarray | None  # H x W uint8, or None when the input had no transparency
     icc_profile: bytes | None  # an RGB profile, or None
     source_format: str  # Pillow's name: "JPEG", "PNG", ...
+    grayscale: bool = False  # a black-and-white photo: gray pixel layout, or RGB with equal channels
 
     @property
     def height(self) -> int:
@@ -107,13 +116,38 @@ def _decode_pixels(image: Image.Image) -> DecodedImage:
         image = _sixteen_bit_gray_to_l(image)
     elif image.mode == "F":
         raise UnsupportedFormat("32-bit floating-point images are not supported")
+    gray_layout = image.mode in GRAY_MODES
     alpha = None
     if image.has_transparency_data:
         image = image.convert("RGBA")
         alpha = np.asarray(image.getchannel("A"))
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return DecodedImage(_rgb_array(image), alpha, icc_profile, source_format)
+    rgb = _rgb_array(image)
+    tolerance = LOSSY_GRAY_TOLERANCE if source_format in LOSSY_FORMATS else 0
+    return DecodedImage(rgb, alpha, icc_profile, source_format, gray_layout or is_gray(rgb, tolerance))
+
+
+def is_gray(rgb: np.ndarray, tolerance: int = 0) -> bool:
+    """Whether every pixel of H x W x 3 uint8 has its channels within ``tolerance`` gray levels of each
+    other: a black-and-white photo stored as RGB."""
+    for top in range(0, rgb.shape[0], COPY_STRIP_ROWS):
+        strip = rgb[top : top + COPY_STRIP_ROWS].astype(np.int16)
+        if np.abs(strip[..., 0] - strip[..., 1]).max(initial=0) > tolerance:
+            return False
+        if np.abs(strip[..., 1] - strip[..., 2]).max(initial=0) > tolerance:
+            return False
+    return True
+
+
+def make_gray(rgb: np.ndarray) -> None:
+    """Replace each pixel of H x W x 3 uint8 by its luma in all three channels, in place, in strips.
+
+    The network was trained to remove the colour cast of dark captures; on a black-and-white photo,
+    which has none, it adds one, so such uploads are answered in gray."""
+    for top in range(0, rgb.shape[0], COPY_STRIP_ROWS):
+        strip = rgb[top : top + COPY_STRIP_ROWS]
+        strip[...] = np.rint(strip.astype(np.float32) @ LUMA_WEIGHTS)[..., None].clip(0, 255).astype(np.uint8)
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:

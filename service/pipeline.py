@@ -167,7 +167,7 @@ class Pipeline:
         """
         decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels)
         spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
-        alpha, icc_profile = decoded.alpha, decoded.icc_profile
+        alpha, icc_profile, grayscale = decoded.alpha, decoded.icc_profile, decoded.grayscale
         rule = self.lossy_exposure_normalisation if decoded.lossy else self.exposure_normalisation
         reading = await asyncio.to_thread(rule.read, decoded.rgb)
         # For auto, an upper bound until the model output's brightness is known.
@@ -186,6 +186,8 @@ class Pipeline:
             applied = await asyncio.to_thread(
                 apply_strength, enhancement.pixels, decoded.rgb, strength, reading, self.auto_strength
             )
+            if grayscale:  # the network would tint a black-and-white photo (imageio.make_gray)
+                await asyncio.to_thread(imageio.make_gray, enhancement.pixels)
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
         return EnhancedFile(

@@ -159,12 +159,32 @@ def test_rgba_keeps_alpha_and_icc_profile(server: ServerProcess, model_path: Pat
     np.testing.assert_array_equal(np.asarray(output)[..., :3], reference_enhance(model_path, rgb, passes=1))
 
 
+def _gray_of(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luma of H x W x 3 uint8 in all three channels, rounded (float64, independent of the service)."""
+    luma = np.rint(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    return np.repeat(luma[..., None], 3, axis=2)
+
+
 def test_sixteen_bit_png_is_scaled_before_enhancing(server: ServerProcess, model_path: Path) -> None:
     gray8 = dark_image(40, 48)[..., 0]
     response = _post(server, png16(gray8.astype(np.uint16) * 257))
     assert response.status_code == 200
-    expected = reference_enhance(model_path, np.repeat(gray8[..., None], 3, axis=2), passes=1)
-    np.testing.assert_array_equal(np.asarray(decode_image(response.content)), expected)
+    expected = _gray_of(reference_enhance(model_path, np.repeat(gray8[..., None], 3, axis=2), passes=1))
+    assert np.abs(np.asarray(decode_image(response.content)).astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("layout", ["L", "RGB"])
+def test_black_and_white_photos_come_back_gray(server: ServerProcess, model_path: Path, layout: str) -> None:
+    """The network adds a colour cast to photos without one: a gray upload gets the luma of its answer."""
+    gray = dark_image(60, 80, seed=9)[..., 1]
+    as_rgb = np.repeat(gray[..., None], 3, axis=2)
+    response = _post(server, encode_image(gray if layout == "L" else as_rgb, "PNG"))
+    assert response.status_code == 200, response.text
+    output = np.asarray(decode_image(response.content).convert("RGB")).astype(int)
+    assert (output[..., 0] == output[..., 1]).all() and (output[..., 1] == output[..., 2]).all()
+    colour_answer = reference_enhance(model_path, as_rgb, passes=1)
+    assert np.abs(colour_answer[..., 0].astype(int) - colour_answer[..., 2]).max() > 5  # the tint it removes
+    assert np.abs(output - _gray_of(colour_answer)).max() <= 1  # float32 in the service, float64 here
 
 
 def test_cmyk_jpeg_is_enhanced_as_rgb(server: ServerProcess) -> None:

@@ -19,7 +19,7 @@ from service_helpers import (
 )
 
 from service.errors import InvalidImage, InvalidParameters, PayloadTooLarge, UnsupportedFormat
-from service.imageio import DecodedImage, OutputFormat, choose_output, decode, encode
+from service.imageio import DecodedImage, OutputFormat, choose_output, decode, encode, is_gray, make_gray
 
 LIMIT = 10_000_000
 
@@ -104,6 +104,38 @@ def test_grayscale_becomes_equal_rgb_channels() -> None:
     gray = (np.arange(600).reshape(20, 30) % 256).astype(np.uint8)
     decoded = decode(encode_image(gray, "PNG"), LIMIT)
     assert all((decoded.rgb[..., c] == gray).all() for c in range(3))
+    assert decoded.grayscale
+
+
+def test_black_and_white_photos_are_recognised_in_any_layout() -> None:
+    gray = dark_image(300, 40)[..., 0]  # taller than one strip of the check
+    as_rgb = np.repeat(gray[..., None], 3, axis=2)
+    assert decode(encode_image(as_rgb, "PNG"), LIMIT).grayscale
+    assert decode(encode_image(as_rgb, "JPEG", quality=90), LIMIT).grayscale  # chroma rounding is tolerated
+    assert decode(png16(gray.astype(np.uint16) * 257), LIMIT).grayscale
+    assert not decode(encode_image(dark_image(300, 40), "PNG"), LIMIT).grayscale
+    one_red_pixel = as_rgb.copy()
+    one_red_pixel[290, 7] = [200, 10, 10]  # in the last strip
+    assert not decode(encode_image(one_red_pixel, "PNG"), LIMIT).grayscale
+    slightly_tinted = as_rgb.copy()
+    slightly_tinted[..., 2] = np.clip(slightly_tinted[..., 2].astype(int) + 3, 0, 255)
+    assert not is_gray(slightly_tinted, tolerance=2)
+    # A very dark colour photo can have channels within a level or two everywhere: as PNG it keeps its colour.
+    very_dark_colour = np.rint(dark_image(300, 40, seed=3) * 0.05).astype(np.uint8)
+    assert is_gray(very_dark_colour, tolerance=2) and not decode(encode_image(very_dark_colour, "PNG"), LIMIT).grayscale
+
+
+def test_make_gray_puts_the_luma_in_every_channel() -> None:
+    colour = dark_image(300, 50, seed=4)
+    expected = np.rint(colour.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+    made = colour.copy()
+    make_gray(made)
+    assert (made[..., 0] == made[..., 1]).all() and (made[..., 1] == made[..., 2]).all()
+    assert np.abs(made[..., 0].astype(int) - expected).max() <= 1  # float32 against float64 rounding
+    already_gray = np.repeat(colour[..., :1], 3, axis=2)
+    unchanged = already_gray.copy()
+    make_gray(unchanged)
+    np.testing.assert_array_equal(unchanged, already_gray)
 
 
 def test_sixteen_bit_gray_is_scaled_not_clipped() -> None:
