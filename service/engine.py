@@ -19,13 +19,7 @@ import onnxruntime as ort
 from model import contract
 from service.ensemble import passes_for
 from service.memory import measure_peak_growth, return_freed_buffers_to_the_os
-from service.settings import (
-    CPU_PROVIDER,
-    DEFAULT_CPU_ENSEMBLE_PIXELS,
-    DEFAULT_GPU_ENSEMBLE_PIXELS,
-    DEFAULT_GPU_TILE_SIZE,
-    Settings,
-)
+from service.settings import CPU_PROVIDER, DEFAULT_GPU_TILE_SIZE, Settings
 from service.throughput import ThroughputEstimate
 from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
 
@@ -145,10 +139,7 @@ class Engine:
         self.pad_batches = on_gpu if settings.fixed_batch_shapes is None else settings.fixed_batch_shapes
         self.max_batch_size = settings.effective_max_batch_size
         self.max_ensemble_passes = settings.self_ensemble
-        default_ensemble_pixels = DEFAULT_GPU_ENSEMBLE_PIXELS if on_gpu else DEFAULT_CPU_ENSEMBLE_PIXELS
-        self.ensemble_pixels = (
-            default_ensemble_pixels if settings.self_ensemble_pixels is None else settings.self_ensemble_pixels
-        )
+        self.ensemble_pixels = settings.self_ensemble_budget(on_gpu)
         if self.cost_aware:
             self._measure()
         self.max_batch_pixels = settings.max_batch_pixels

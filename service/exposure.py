@@ -134,13 +134,10 @@ class ExposureNormalisation:
         """False when both readings are off: every gain is 1."""
         return self.reference > 0.0 or self.noise_reference > 0.0
 
-    def digital_gain_for(self, exposure: float, ratio: float | None) -> float:
-        """The brightening since capture that a ``noise_ratio`` of ``ratio`` implies, in
-        [1, ``MAX_DIGITAL_GAIN``], never taking the scene below ``MIN_SCENE_EXPOSURE``."""
-        return self._digital_gain(exposure, self.noisiness_for(ratio))
-
     @staticmethod
-    def _digital_gain(exposure: float, noisiness: float) -> float:
+    def digital_gain_for(exposure: float, noisiness: float) -> float:
+        """The brightening since capture that a ``noisiness`` (``noisiness_for``) implies, in
+        [1, ``MAX_DIGITAL_GAIN``], never taking the scene below ``MIN_SCENE_EXPOSURE``."""
         if exposure <= MIN_SCENE_EXPOSURE:
             return 1.0
         return float(min(max(noisiness, 1.0), MAX_DIGITAL_GAIN, exposure / MIN_SCENE_EXPOSURE))
@@ -163,5 +160,5 @@ class ExposureNormalisation:
         exposure = estimate_exposure(image)
         ratio = noise_ratio(image) if self.noise_reference > 0.0 else None
         noisiness = self.noisiness_for(ratio)
-        digital_gain = self._digital_gain(exposure, noisiness)
+        digital_gain = self.digital_gain_for(exposure, noisiness)
         return ExposureReading(exposure, digital_gain, self.gain_for(exposure, digital_gain), noisiness)

@@ -146,11 +146,10 @@ class Pipeline:
         """The model output of a small image (``auto``'s thumbnail) at ``gain``."""
         return (await self.enhance_pixels(image, gain=gain)).pixels
 
-    def cost(self, height: int, width: int) -> Cost:
-        """What enhancing an image of this size will take, from its plan, its self-ensemble passes
-        and the measured throughput."""
+    def cost(self, height: int, width: int, passes: int) -> Cost:
+        """What enhancing an image of this size in ``passes`` self-ensemble passes will take, from its
+        plan and the measured throughput."""
         plan = self.engine.plan(height, width)
-        passes = self.engine.ensemble_passes(height, width)
         return Cost(height * width, self.engine.predicted_seconds(passes * plan.computed_pixels))
 
     async def process(
@@ -178,8 +177,8 @@ class Pipeline:
         else:
             if strength == AUTO:
                 gain = await matched_gain(self.auto_strength, reading, decoded.rgb, self._model_output)
-            with (admit or _admit_everything)(self.cost(decoded.height, decoded.width)):
-                passes = self.engine.ensemble_passes(decoded.height, decoded.width)
+            passes = self.engine.ensemble_passes(decoded.height, decoded.width)
+            with (admit or _admit_everything)(self.cost(decoded.height, decoded.width, passes)):
                 enhancement = await self.enhance_pixels(decoded.rgb, gain=gain, passes=passes)
             self.metrics.tiles_per_request.observe(enhancement.tiles)
             self.metrics.pixels_processed.inc(decoded.height * decoded.width)

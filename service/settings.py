@@ -294,6 +294,12 @@ class Settings(BaseSettings):
         """The rule for uploads whose codec erased their noise: the mean exposure alone."""
         return ExposureNormalisation(self.exposure_lossy_reference, self.exposure_lossy_power)
 
+    def self_ensemble_budget(self, on_gpu: bool) -> int:
+        """FRLIE_SELF_ENSEMBLE_PIXELS, or its default for the kind of device that runs the model."""
+        if self.self_ensemble_pixels is not None:
+            return self.self_ensemble_pixels
+        return DEFAULT_GPU_ENSEMBLE_PIXELS if on_gpu else DEFAULT_CPU_ENSEMBLE_PIXELS
+
     @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0

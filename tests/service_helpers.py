@@ -17,7 +17,8 @@ from PIL import Image
 
 import bench.server
 from bench.service_config import setting_env
-from service.settings import DEFAULT_CPU_ENSEMBLE_PIXELS, Settings
+from service.ensemble import passes_for
+from service.settings import Settings
 
 TINY_MODEL_VERSION = "test-tiny"
 STARTUP_TIMEOUT_S = 60.0
@@ -118,11 +119,9 @@ REFERENCE_ORIENTATIONS = [
 
 
 def default_ensemble_passes(height: int, width: int) -> int:
-    """Self-ensemble passes at the service's default settings on the CPU: the most of 1, 2, 4, 8 (at
-    most FRLIE_SELF_ENSEMBLE) whose pixels fit the default CPU budget."""
+    """Self-ensemble passes the service's default settings give an image of this size on the CPU."""
     settings = Settings()
-    budget = DEFAULT_CPU_ENSEMBLE_PIXELS if settings.self_ensemble_pixels is None else settings.self_ensemble_pixels
-    return max(p for p in (1, 2, 4, 8) if p == 1 or (p <= settings.self_ensemble and p * height * width <= budget))
+    return passes_for(height * width, settings.self_ensemble, settings.self_ensemble_budget(on_gpu=False))
 
 
 # --- a real server ----------------------------------------------------------------------------

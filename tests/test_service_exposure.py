@@ -113,15 +113,20 @@ def test_a_negative_noise_reference_is_refused() -> None:
 
 def test_the_digital_gain_is_divided_out_before_the_mean_rule_judges_the_scene() -> None:
     rule = ExposureNormalisation(reference=0.15, power=1.0, noise_reference=0.1)
+
     # A ratio twice the reference means a 4x brightening; below the reference means none.
-    assert rule.digital_gain_for(0.4, 0.2) == pytest.approx(4.0)
-    assert rule.digital_gain_for(0.4, 0.05) == rule.digital_gain_for(0.4, None) == 1.0
-    assert rule.digital_gain_for(0.9, 10.0) == MAX_DIGITAL_GAIN
-    assert rule.digital_gain_for(0.04, 0.3) * MIN_SCENE_EXPOSURE == pytest.approx(0.04)  # never below the floor
+    def read(exposure: float, ratio: float | None) -> float:
+        return rule.digital_gain_for(exposure, rule.noisiness_for(ratio))
+
+    assert read(0.4, 0.2) == pytest.approx(4.0)
+    assert read(0.4, 0.05) == read(0.4, None) == 1.0
+    assert read(0.9, 10.0) == MAX_DIGITAL_GAIN
+    assert read(0.04, 0.3) * MIN_SCENE_EXPOSURE == pytest.approx(0.04)  # never below the floor
     # A 4x-brightened dark scene (0.1 -> 0.4) is only undone; a bright scene is darkened further.
     assert rule.gain_for(0.4, 4.0) == pytest.approx(0.25)
     assert rule.gain_for(1.2 * 4 * 0.15, 4.0) == pytest.approx(0.25 / 1.2)
-    assert ExposureNormalisation(0.15, 1.0, 0.0).digital_gain_for(0.4, 0.2) == 1.0  # 0: off
+    off = ExposureNormalisation(0.15, 1.0, 0.0)
+    assert off.digital_gain_for(0.4, off.noisiness_for(0.2)) == 1.0  # 0: off
 
 
 def _shot_noise_capture(photons_per_level: float, gain: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -141,11 +146,11 @@ def test_noise_ratio_reads_how_much_a_shot_noise_capture_was_brightened() -> Non
     rule = ExposureNormalisation(reference=0.0, power=1.0, noise_reference=native)
     for gain in (2.0, 4.0):
         brightened = _shot_noise_capture(0.5, gain, seed=1)
-        read = rule.digital_gain_for(estimate_exposure(brightened), noise_ratio(brightened))
+        read = rule.digital_gain_for(estimate_exposure(brightened), rule.noisiness_for(noise_ratio(brightened)))
         assert read == pytest.approx(gain, rel=0.2), (gain, read)
     # The same scene with 16x the light (a cleaner capture) reads as native, not darker.
     clean = _shot_noise_capture(8.0, seed=2)
-    assert rule.digital_gain_for(estimate_exposure(clean), noise_ratio(clean)) == 1.0
+    assert rule.digital_gain_for(estimate_exposure(clean), rule.noisiness_for(noise_ratio(clean))) == 1.0
 
 
 def test_noise_ratio_has_no_reading_on_tiny_flat_or_clipped_images() -> None:

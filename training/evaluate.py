@@ -25,7 +25,7 @@ from tqdm import tqdm
 from model.network import FRLIE
 from service import ensemble
 from service.exposure import ExposureNormalisation
-from service.settings import DEFAULT_CPU_ENSEMBLE_PIXELS, Settings
+from service.settings import Settings
 from service.strength import (
     AUTO,
     Strength,
@@ -246,7 +246,7 @@ def self_ensembled(enhancer: Enhance, settings: Settings) -> Enhance:
     """``enhancer`` averaged over the orientations the service gives an image of each size on the CPU
     under ``settings`` (service.ensemble). It averages the enhancer's rounded outputs where the service
     averages unrounded ones, so results match it within rounding."""
-    budget = DEFAULT_CPU_ENSEMBLE_PIXELS if settings.self_ensemble_pixels is None else settings.self_ensemble_pixels
+    budget = settings.self_ensemble_budget(on_gpu=False)
 
     def run(image: np.ndarray) -> np.ndarray:
         passes = ensemble.passes_for(image.shape[0] * image.shape[1], settings.self_ensemble, budget)
