@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import RESULTS_DIR, model_bench, service_bench, tiling_bench
 from bench.images import parse_size, parse_sizes
-from bench.machine import Machine, describe
+from bench.machine import Machine, caption, describe
 from bench.models import BUNDLED, ModelStore
 from bench.report import timestamp, write_json
 from bench.service_config import DEVICES, DeviceUnavailable, parse_assignments
@@ -119,13 +119,6 @@ MARKDOWN: dict[str, Callable[[dict[str, Any], str], str]] = {
     "service": service_bench.markdown,
     "tiling": tiling_bench.markdown,
 }
-
-
-def caption(machine: Machine) -> str:
-    """The line above every table: the machine, and how busy it was (figures from a busy machine are low)."""
-    load = machine.load_average
-    busy = f"; load average {load[0]:.1f} at start" if load else ""
-    return f"Measured on: {machine.summary()}{busy}."
 
 
 def _measure(name: str, ctx: Context) -> dict[str, Any]:

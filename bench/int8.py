@@ -17,195 +17,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench import images
 from bench.images import Size
-from bench.isolate import run_isolated
 from bench.machine import Machine, describe
 from bench.report import markdown_table, num, publish, section, timestamp
-from bench.timing import measure
-from service.memory import current_rss_bytes
+from training.int8_measure import (
+    DEFAULT_WINDOW_MP,
+    MAX_PSNR_LOSS_DB,
+    MAX_SSIM_LOSS,
+    PRECISIONS,
+    TARGET_SPEEDUP,
+    TARGET_SPEEDUP_SIZES,
+    quality,
+    speed,
+)
 
 log = logging.getLogger("bench.int8")
 
 DEFAULT_SIZES: tuple[Size, ...] = ((600, 400), (1920, 1080), (4000, 3000))
-DEFAULT_WINDOW_MP = 4.0
-# Issue 14's bar for shipping the int8 file.
-TARGET_SPEEDUP = 1.8
-TARGET_SPEEDUP_SIZES: tuple[Size, ...] = ((600, 400), (1920, 1080))
-MAX_PSNR_LOSS_DB = 0.1
-MAX_SSIM_LOSS = 0.005
-CASE_TIMEOUT_S = 3600.0
-PRECISIONS = ("fp32", "int8")
-
-
-# --- speed (runs in a fresh process per case) -----------------------------------------------------
-
-
-def time_case(
-    model: str, width: int, height: int, threads: int, max_repeats: int, budget_s: float, window_mp: float
-) -> dict[str, Any]:
-    """Time one file on one synthetic dim photo through the service's tiling; called by ``bench.isolate``.
-
-    Torch-free on purpose (nothing here imports it), so the peak RSS is what a service process needs.
-    """
-    import onnxruntime as ort
-
-    from model.contract import RECEPTIVE_RADIUS, SIZE_MULTIPLE
-    from service.tiling import extract_tile, plan_within_budget, stitch_tile
-
-    rss_before = current_rss_bytes()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    metadata = session.get_modelmeta().custom_metadata_map
-    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
-    plan = plan_within_budget(
-        height,
-        width,
-        max_window_pixels=int(window_mp * 1e6),
-        receptive_radius=int(metadata[RECEPTIVE_RADIUS]),
-        multiple=int(metadata[SIZE_MULTIPLE]),
-    )
-    photo = images.dark_photo((width, height))
-    window = np.empty((1, 3, *plan.window_shape), dtype=np.float32)
-    output = np.empty((height, width, 3), dtype=np.uint8)
-
-    def run_tile(tile: Any) -> None:
-        extract_tile(photo, plan, tile, window[0])
-        (result,) = session.run([output_name], {input_name: window})
-        stitch_tile(output, tile, result[0])
-
-    def run_image() -> None:
-        for tile in plan.tiles:
-            run_tile(tile)
-
-    started = time.perf_counter()
-    run_tile(plan.tiles[0])  # warm-up: first-call costs of this input shape (arena, kernels)
-    warmup_s = time.perf_counter() - started
-    timing = measure(run_image, warmup=0, max_repeats=max_repeats, budget_s=budget_s)
-    return {
-        "plan": plan.describe(),
-        "windows": len(plan.tiles),
-        "computed_megapixels": plan.computed_pixels / 1e6,
-        "intra_op_threads": threads or "auto",
-        "providers": session.get_providers(),
-        "rss_before_session_bytes": rss_before,
-        "warmup_call_s": warmup_s,
-        "timing": timing.to_dict(),
-    }
-
-
-def speed(
-    fp32: Path,
-    int8: Path,
-    sizes: tuple[Size, ...],
-    *,
-    threads: int,
-    max_repeats: int,
-    budget_s: float,
-    window_mp: float,
-) -> list[dict[str, Any]]:
-    """One row per size: both precisions (each in its own process), the speed-up and the peak RSS."""
-    rows = []
-    for size in sizes:
-        row: dict[str, Any] = {"size": images.label(size), "megapixels": images.megapixels(size)}
-        for precision, path in zip(PRECISIONS, (fp32, int8), strict=True):
-            log.info("speed %s %s", images.label(size), precision)
-            kwargs = {
-                "model": str(path),
-                "width": size[0],
-                "height": size[1],
-                "threads": threads,
-                "max_repeats": max_repeats,
-                "budget_s": budget_s,
-                "window_mp": window_mp,
-            }
-            row[precision] = run_isolated("bench.int8:time_case", kwargs, CASE_TIMEOUT_S)
-        fp32_case, int8_case = row["fp32"], row["int8"]
-        if "timing" in fp32_case and "timing" in int8_case:
-            row["speedup"] = fp32_case["timing"]["median_s"] / int8_case["timing"]["median_s"]
-        rows.append(row)
-    return rows
-
-
-# --- quality --------------------------------------------------------------------------------------
-
-
-def _keeping(enhancer: Any, kept: list[np.ndarray]) -> Any:
-    """The enhancer, also appending each output to ``kept`` (to compare the two files' outputs)."""
-
-    def run(image: np.ndarray) -> np.ndarray:
-        kept.append(enhancer(image))
-        return kept[-1]
-
-    return run
-
-
-def quality(fp32: Path, int8: Path, data: Path, exposures: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Mean PSNR/SSIM vs the references for both files on the val pairs, and int8 vs fp32 PSNR."""
-    from training.data import EXPOSURE_VARIANTS, list_pairs
-    from training.evaluate import evaluate_model, resolve_pairs_dir
-    from training.inference import load_enhancer
-    from training.metrics import psnr
-
-    pairs = list_pairs(resolve_pairs_dir(data, "val"))
-    enhancers = {"fp32": load_enhancer(fp32), "int8": load_enhancer(int8)}
-    rows = []
-    for exposure in exposures:
-        outputs: dict[str, list[np.ndarray]] = {}
-        scores = {}
-        for name, enhancer in enhancers.items():
-            log.info("quality %s on %d val pairs (%s)", name, len(pairs), exposure)
-            kept = outputs[name] = []
-            scores[name] = evaluate_model(
-                _keeping(enhancer, kept),
-                pairs,
-                baselines=None,
-                with_niqe=False,
-                progress=False,
-                exposure=EXPOSURE_VARIANTS[exposure],
-            )
-        versus = [psnr(i, f) for i, f in zip(outputs["int8"], outputs["fp32"], strict=True)]
-        finite = [value for value in versus if math.isfinite(value)]
-        rows.append(
-            {
-                "exposure": exposure,
-                "pairs": len(pairs),
-                "data": str(resolve_pairs_dir(data, "val")),
-                **{
-                    f"{name}_{metric}": scores[name]["mean"][metric]
-                    for name in enhancers
-                    for metric in ("psnr", "ssim")
-                },
-                "psnr_loss_db": scores["fp32"]["mean"]["psnr"] - scores["int8"]["mean"]["psnr"],
-                "ssim_loss": scores["fp32"]["mean"]["ssim"] - scores["int8"]["mean"]["ssim"],
-                "int8_vs_fp32_psnr_mean": statistics.fmean(finite) if finite else math.inf,
-                "int8_vs_fp32_psnr_min": min(versus),
-                "images": [
-                    {
-                        "name": a["name"],
-                        "fp32_psnr": a["psnr"],
-                        "int8_psnr": b["psnr"],
-                        "fp32_ssim": a["ssim"],
-                        "int8_ssim": b["ssim"],
-                        "int8_vs_fp32_psnr": v,
-                    }
-                    for a, b, v in zip(scores["fp32"]["images"], scores["int8"]["images"], versus, strict=True)
-                ],
-            }
-        )
-    return rows
-
-
 # --- report ---------------------------------------------------------------------------------------
 
 
@@ -369,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = tuple(s for s in args.sizes if not (args.skip_large and images.megapixels(s) > args.window_mp))
     machine: Machine = describe()
     started = time.perf_counter()
-    from training.export import read_metadata
+    from training.onnx_metadata import read_metadata
     from training.quantize import read_quantization
 
     result: dict[str, Any] = {

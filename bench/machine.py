@@ -223,3 +223,10 @@ def gpu_peak(name: str | None, precision: str) -> Peak:
             tflops = fp16 if precision == "fp16" else fp32
             return Peak(tflops * 1000.0, f"{name}: {tflops:g} TFLOP/s {precision} dense (NVIDIA datasheet)")
     return Peak(None, f"unknown: no datasheet peak recorded for {name or 'this GPU'}")
+
+
+def caption(machine: Machine) -> str:
+    """The line above every table: the machine, and how busy it was (figures from a busy machine are low)."""
+    load = machine.load_average
+    busy = f"; load average {load[0]:.1f} at start" if load else ""
+    return f"Measured on: {machine.summary()}{busy}."

@@ -50,7 +50,7 @@ class ModelFile:
 
 def architecture_of(path: Path) -> FRLIEConfig:
     """The architecture stored in an exported file's metadata (export writes it)."""
-    from training.export import read_metadata
+    from training.onnx_metadata import read_metadata
 
     metadata = read_metadata(path)
     if "architecture" not in metadata:

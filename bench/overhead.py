@@ -1,7 +1,8 @@
-"""Where one request's time goes inside the service: decode, tiling, inference, encode.
+"""Where one request's time goes inside the service: decode, plan, tiling, inference, encode.
 
-Runs the service's own modules in the order the pipeline runs them (imageio.decode, the tile
-plan, extract_tile / Engine.run / stitch_tile per batch, imageio.encode), timing each stage,
+Runs the service's own modules in the order the pipeline runs them (imageio.decode, the policy's
+plan and finish, the tile plan, extract_tile / Engine.run / stitch_tile per batch, imageio.encode),
+timing each stage for one model pass at the gain the policy picks,
 without HTTP and without concurrency, so the figures are the cost floor of one request.
 """
 
@@ -16,15 +17,17 @@ import numpy as np
 
 from service import imageio
 from service.engine import Engine
+from service.policy import Policy
 from service.settings import Settings
 from service.tiling import extract_tile, stitch_tile
 
-STAGES = ("decode", "tiling", "inference", "encode")
+STAGES = ("decode", "plan", "tiling", "inference", "encode")
 
 
 @dataclass(frozen=True)
 class StageTimes:
     decode_s: float
+    plan_s: float  # the policy: reading the upload and deciding (service.policy), then its finish
     tiling_s: float  # window extraction (with padding and uint8 -> float) plus stitching of the cores
     inference_s: float
     encode_s: float
@@ -33,7 +36,7 @@ class StageTimes:
 
     @property
     def total_s(self) -> float:
-        return self.decode_s + self.tiling_s + self.inference_s + self.encode_s
+        return self.decode_s + self.plan_s + self.tiling_s + self.inference_s + self.encode_s
 
     @property
     def overhead_fraction(self) -> float:
@@ -48,6 +51,10 @@ def time_request(engine: Engine, settings: Settings, data: bytes) -> StageTimes:
     decoded = imageio.decode(data, settings.max_pixels)
     decode_s = clock() - started
     spec = imageio.choose_output(None, None, decoded, settings.default_quality)
+    started = clock()
+    policy = Policy(engine.policy_constants)
+    decided = policy.plan(decoded.rgb, lossy=decoded.lossy, grayscale=decoded.grayscale, strength=1.0, passes=1)
+    plan_s = clock() - started
     plan = engine.plan(decoded.height, decoded.width)
     output = np.empty((decoded.height, decoded.width, 3), dtype=np.uint8)
     limit = engine.batch_limit(*plan.window_shape)
@@ -58,7 +65,7 @@ def time_request(engine: Engine, settings: Settings, data: bytes) -> StageTimes:
         started = clock()
         batch = np.zeros((limit if engine.pad_batches else len(group), 3, *plan.window_shape), dtype=np.float32)
         for slot, tile in zip(batch, group, strict=False):
-            extract_tile(decoded.rgb, plan, tile, slot)
+            extract_tile(decoded.rgb, plan, tile, slot, gain=decided.gain)
         tiling_s += clock() - started
         started = clock()
         result = engine.run(batch)
@@ -69,9 +76,12 @@ def time_request(engine: Engine, settings: Settings, data: bytes) -> StageTimes:
         tiling_s += clock() - started
         batches += 1
     started = clock()
+    policy.finish(decided, output, decoded.rgb)
+    plan_s += clock() - started
+    started = clock()
     imageio.encode(output, decoded.alpha, decoded.icc_profile, spec)
     encode_s = clock() - started
-    return StageTimes(decode_s, tiling_s, inference_s, encode_s, len(plan.tiles), batches)
+    return StageTimes(decode_s, plan_s, tiling_s, inference_s, encode_s, len(plan.tiles), batches)
 
 
 def median_stages(engine: Engine, settings: Settings, data: bytes, repeats: int) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.machine import caption
+
 MISSING = "–"
 
 
@@ -59,8 +61,6 @@ def publish(
 ) -> None:
     """Render ``document`` under the machine's caption into ``document["markdown"]``, print it (and
     ``summary``), and write the JSON when asked: the ending every standalone benchmark shares."""
-    from bench.cli import caption  # the captions every benchmark table carries (imports torch, so: late)
-
     document["markdown"] = render(document, caption(machine))
     print(document["markdown"], flush=True)
     if summary is not None:

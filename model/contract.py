@@ -36,6 +36,10 @@ INT8_SUFFIX = "-int8"
 QUALITY_GATE = "quality_gate"
 GATE_PASSED = "passed"
 
+# The enhancement policy's calibrated constants (JSON, service.policy.PolicyConstants), written by
+# `python -m training calibrate` into the model file and its quantized siblings.
+POLICY = "policy"
+
 
 def int8_path(model_path: Path) -> Path:
     """Where the int8 version of an fp32 model file lives."""

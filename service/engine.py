@@ -19,6 +19,7 @@ import onnxruntime as ort
 from model import contract
 from service.ensemble import passes_for
 from service.memory import measure_peak_growth, return_freed_buffers_to_the_os
+from service.policy import PolicyConstants
 from service.settings import CPU_PROVIDER, DEFAULT_GPU_TILE_SIZE, Settings
 from service.throughput import ThroughputEstimate
 from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
@@ -99,6 +100,19 @@ def open_model(settings: Settings) -> tuple[ort.InferenceSession, Path]:
     return session, fp32_path
 
 
+def _policy_constants(metadata: dict[str, str], path: Path) -> PolicyConstants:
+    """The calibrated policy stored in the model file (``training calibrate``); without one, the plain
+    network (logged, and visible in /readyz)."""
+    text = metadata.get(contract.POLICY)
+    if text is None:
+        log.warning("%s carries no calibrated policy (`python -m training calibrate`): plain network", path.name)
+        return PolicyConstants.uncalibrated()
+    try:
+        return PolicyConstants.from_json(text)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelFileError(f"{path} has an unreadable {contract.POLICY} record: {error}") from error
+
+
 class Engine:
     """One ORT session, the tile geometry derived from its metadata, and batch execution."""
 
@@ -120,6 +134,7 @@ class Engine:
         version = metadata.get(contract.MODEL_VERSION, contract.UNVERSIONED)
         # The version names the weights; an int8 file of them says so, as X-Model-Version does.
         self.model_version = version if self.precision in ("fp32", "unknown") else f"{version} [{self.precision}]"
+        self.policy_constants = _policy_constants(metadata, path)
         self.receptive_radius = int(metadata[contract.RECEPTIVE_RADIUS])
         self.size_multiple = int(metadata.get(contract.SIZE_MULTIPLE, "4"))
         on_gpu = self.provider in GPU_PROVIDERS
@@ -297,4 +312,5 @@ class Engine:
             "padded_batches": self.pad_batches,
             "io_binding": self.use_io_binding,
             "warmup_seconds": self.warmup_seconds,
+            "policy": json.loads(self.policy_constants.to_json()),
         }

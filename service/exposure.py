@@ -1,29 +1,18 @@
-"""How bright an upload is, how much it was brightened after capture, and how much to darken it
-before the network sees it.
+"""How bright an upload is and how noisy for its brightness: the measurements the enhancement
+policy (service.policy) and the training recipes' input normalisation (training.normalisation)
+decide with.
 
-The network learned from LOL-style captures: dark photos (mean luma around 0.02-0.2) with the
-sensor noise of a dark capture, and it brightens whatever it gets by roughly the gain those lows
-needed. An upload that was brightened after capture (by the camera's processing or by hand) is
-brighter than its scene was, and the network would blow it out. Two readings undo that:
-
-* **Digital gain, from noise.** Shot noise has a variance proportional to the signal, so in a
-  native capture the noise sigma over sqrt(signal) is about constant; brightening by g multiplies
-  sigma by g and the signal by g, so that ratio grows by sqrt(g). ``noise_ratio`` measures it on the
-  flattest blocks of the image (texture only adds to the estimate), and
-  ``(ratio / noise_reference) ** 2`` is the gain the upload looks to have had since capture (at
-  least 1). Dividing it out gives the **scene exposure**: how bright the capture itself was.
-* **Mean exposure.** An upload whose scene exposure is still above ``reference`` (a well-exposed
-  photo, or one whose noise was smoothed away) is darkened by ``(reference / scene) ** power``.
-
-The upload itself (not the darkened copy) is what the strength blend mixes with, so ``strength=0``
-still returns it unchanged; ``auto`` strength (service.strength) uses the noise reading too: an
-upload with a dark capture's noise is brought up to a brighter target than a clean photo.
+* **Exposure**: mean luma, the gray level the eye would see, on a regular subsample.
+* **Noise ratio**: shot noise has a variance proportional to the signal, so in a native capture the
+  noise sigma over sqrt(signal) is about constant; brightening by g multiplies sigma by g and the
+  signal by g, so that ratio grows by sqrt(g). ``noise_ratio`` measures it on the flattest blocks of
+  the image (texture only adds to the estimate). JPEG erases part of the noise, so the policy keeps
+  separate calibrations for lossless and lossy uploads.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -97,68 +86,3 @@ def noise_ratio(image: np.ndarray) -> float | None:
     if int(usable.sum()) < NOISE_MIN_BLOCKS:
         return None
     return float(np.percentile(sigma[usable] / np.sqrt(level[usable]), NOISE_PERCENTILE))
-
-
-@dataclass(frozen=True)
-class ExposureReading:
-    """What ``ExposureNormalisation.read`` found in one upload."""
-
-    exposure: float  # mean luma of the upload, 0-1
-    digital_gain: float  # >= 1: how much brighter the upload looks than its capture, from its noise
-    gain: float  # (0, 1]: what the upload is multiplied by before the network
-    # (noise ratio / reference) ** 2, unclamped: about 1 or more where the upload has the noise of a
-    # dark capture, well below 1 for a clean photo (or a denoised one); 0 where no noise was read.
-    noisiness: float = 0.0
-
-
-@dataclass(frozen=True)
-class ExposureNormalisation:
-    """Undo the digital gain read from the noise (``noise_reference``: the noise ratio of a native
-    LOL-style capture; 0 turns it off), then darken scenes brighter than ``reference`` (mean luma)
-    by ``(reference / scene exposure) ** power`` (``reference`` 0 turns that off)."""
-
-    reference: float
-    power: float
-    noise_reference: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.reference < 1.0:
-            raise ValueError(f"exposure reference must be in [0, 1), got {self.reference}")
-        if not 0.0 <= self.power <= 1.0:
-            raise ValueError(f"exposure power must be in [0, 1], got {self.power}")
-        if self.noise_reference < 0.0:
-            raise ValueError(f"noise reference must be >= 0, got {self.noise_reference}")
-
-    @property
-    def active(self) -> bool:
-        """False when both readings are off: every gain is 1."""
-        return self.reference > 0.0 or self.noise_reference > 0.0
-
-    @staticmethod
-    def digital_gain_for(exposure: float, noisiness: float) -> float:
-        """The brightening since capture that a ``noisiness`` (``noisiness_for``) implies, in
-        [1, ``MAX_DIGITAL_GAIN``], never taking the scene below ``MIN_SCENE_EXPOSURE``."""
-        if exposure <= MIN_SCENE_EXPOSURE:
-            return 1.0
-        return float(min(max(noisiness, 1.0), MAX_DIGITAL_GAIN, exposure / MIN_SCENE_EXPOSURE))
-
-    def noisiness_for(self, ratio: float | None) -> float:
-        """``(ratio / noise_reference) ** 2``: the gain a native capture would need to be this noisy
-        (0 when the noise reading is off or there was none)."""
-        if self.noise_reference <= 0.0 or ratio is None:
-            return 0.0
-        return float((ratio / self.noise_reference) ** 2)
-
-    def gain_for(self, exposure: float, digital_gain: float = 1.0) -> float:
-        """The factor (0, 1] the upload is multiplied by before the network; 1 for dark native captures."""
-        scene = exposure / digital_gain
-        darken = 1.0 if self.reference <= 0.0 or scene <= self.reference else (self.reference / scene) ** self.power
-        return float(darken / digital_gain)
-
-    def read(self, image: np.ndarray) -> ExposureReading:
-        """Measure an H x W x 3 upload (uint8, or float in [0, 1]) and decide its gain."""
-        exposure = estimate_exposure(image)
-        ratio = noise_ratio(image) if self.noise_reference > 0.0 else None
-        noisiness = self.noisiness_for(ratio)
-        digital_gain = self.digital_gain_for(exposure, noisiness)
-        return ExposureReading(exposure, digital_gain, self.gain_for(exposure, digital_gain), noisiness)

@@ -1,7 +1,9 @@
-"""The one path from uploaded bytes to encoded result, shared by the HTTP route and the CLI.
+"""The one path from uploaded bytes to encoded result, shared by the HTTP route, the CLI and
+``training evaluate``.
 
-decode (worker thread) -> tiles through the batcher (extraction and stitching happen in the
-inference thread, straight into one preallocated output) -> encode (worker thread).
+decode (worker thread) -> plan (service.policy) -> admit -> tiles through the batcher (extraction
+and stitching happen in the inference thread, straight into one preallocated output) -> finish
+(the policy: strength blend, gray) -> encode (worker thread).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from service.batcher import Batcher, BatchReport
 from service.engine import Engine
 from service.imageio import OutputFormat, OutputSpec
 from service.metrics import Metrics
+from service.policy import Policy
 from service.settings import Settings
-from service.strength import AUTO, Strength, apply_strength, matched_gain, resolve_strength
+from service.strength import AUTO, Strength
 from service.tiling import extract_tile, stitch_tile
 
 
@@ -74,10 +77,8 @@ class Pipeline:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
-        # Per-process, not per-request: the auto curve and the exposure rule come from fixed settings.
-        self.auto_strength = settings.auto_strength
-        self.exposure_normalisation = settings.exposure_normalisation
-        self.lossy_exposure_normalisation = settings.lossy_exposure_normalisation
+        # The decision around the network belongs to the weights: calibrated, read from the model file.
+        self.policy = Policy(engine.policy_constants)
         self.batcher = Batcher(
             engine.run,
             batch_limit=engine.batch_limit,
@@ -142,10 +143,6 @@ class Pipeline:
                 future.cancel()
         return _Pass(output, len(plan.tiles), plan.describe(), reports)
 
-    async def _model_output(self, image: np.ndarray, gain: float) -> np.ndarray:
-        """The model output of a small image (``auto``'s thumbnail) at ``gain``."""
-        return (await self.enhance_pixels(image, gain=gain)).pixels
-
     def cost(self, height: int, width: int, passes: int) -> Cost:
         """What enhancing an image of this size in ``passes`` self-ensemble passes will take, from its
         plan and the measured throughput."""
@@ -160,33 +157,30 @@ class Pipeline:
         strength: Strength = AUTO,
         admit: Callable[[Cost], AbstractContextManager[None]] | None = None,
     ) -> EnhancedFile:
-        """Decode, enhance at ``strength`` (see service.strength) and encode one uploaded file.
+        """decode -> plan (service.policy) -> admit -> run -> finish -> encode, for one uploaded file.
 
-        ``admit`` (the service's admission control) may refuse the work once its size is known.
+        ``admit`` (the service's admission control) may refuse the work once its size is known; every
+        model run of the request happens inside it.
         """
         decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels)
         spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
-        alpha, icc_profile, grayscale = decoded.alpha, decoded.icc_profile, decoded.grayscale
-        rule = self.lossy_exposure_normalisation if decoded.lossy else self.exposure_normalisation
-        reading = await asyncio.to_thread(rule.read, decoded.rgb)
-        # For auto, an upper bound until the model output's brightness is known.
-        applied = resolve_strength(strength, reading, self.auto_strength)
-        gain = reading.gain
-        if applied <= 0.0:  # the upload itself: no model call at all, so nothing was darkened either
-            enhancement, gain = Enhancement(decoded.rgb, 0, 0.0), 1.0
+        plan = await asyncio.to_thread(
+            self.policy.plan,
+            decoded.rgb,
+            lossy=decoded.lossy,
+            grayscale=decoded.grayscale,
+            strength=strength,
+            passes=self.engine.ensemble_passes(decoded.height, decoded.width),
+        )
+        if not plan.runs_model:  # the upload itself: no model call at all
+            enhancement = Enhancement(decoded.rgb, 0, 0.0)
         else:
-            if strength == AUTO:
-                gain = await matched_gain(self.auto_strength, reading, decoded.rgb, self._model_output)
-            passes = self.engine.ensemble_passes(decoded.height, decoded.width)
-            with (admit or _admit_everything)(self.cost(decoded.height, decoded.width, passes)):
-                enhancement = await self.enhance_pixels(decoded.rgb, gain=gain, passes=passes)
+            with (admit or _admit_everything)(self.cost(decoded.height, decoded.width, plan.passes)):
+                enhancement = await self.enhance_pixels(decoded.rgb, gain=plan.gain, passes=plan.passes)
             self.metrics.tiles_per_request.observe(enhancement.tiles)
             self.metrics.pixels_processed.inc(decoded.height * decoded.width)
-            applied = await asyncio.to_thread(
-                apply_strength, enhancement.pixels, decoded.rgb, strength, reading, self.auto_strength
-            )
-            if grayscale:  # the network would tint a black-and-white photo (imageio.make_gray)
-                await asyncio.to_thread(imageio.make_gray, enhancement.pixels)
+            await asyncio.to_thread(self.policy.finish, plan, enhancement.pixels, decoded.rgb)
+        alpha, icc_profile = decoded.alpha, decoded.icc_profile
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
         return EnhancedFile(
@@ -194,9 +188,9 @@ class Pipeline:
             spec,
             enhancement.tiles,
             enhancement.inference_seconds,
-            applied,
-            gain,
-            reading.digital_gain,
+            plan.strength,
+            plan.gain,
+            plan.reading.digital_gain,
             enhancement.plan,
             enhancement.passes,
         )

@@ -11,13 +11,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.contract import BUNDLED_MODEL_PATH
 from service.ensemble import PASS_COUNTS
-from service.exposure import ExposureNormalisation
-from service.strength import AutoStrength
 
 ENV_PREFIX = "FRLIE_"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -168,81 +166,6 @@ class Settings(BaseSettings):
     )
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when the request names none.")
 
-    # --- strength ----------------------------------------------------------------------------
-    auto_strength_target: float = Field(
-        0.4,
-        ge=0,
-        le=1,
-        description="strength=auto: the mean luma (0-1) a clean upload is brought up to, and no further; "
-        "brighter uploads get FRLIE_AUTO_STRENGTH_FLOOR.",
-    )
-    auto_strength_noisy_target: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="strength=auto: the same for uploads with the noise of a low-light capture "
-        "(at least FRLIE_AUTO_STRENGTH_TARGET).",
-    )
-    auto_strength_noisy: float = Field(
-        0.5,
-        ge=0,
-        description="strength=auto: uploads whose noisiness ((noise ratio / FRLIE_EXPOSURE_NOISE_REFERENCE) ** 2; "
-        "about 1 for a LOL-style capture) is at least this count as low-light captures.",
-    )
-    auto_strength_floor: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="strength=auto: the least strength any upload gets. At 0, an upload already at least as "
-        "bright as its target is returned unchanged without running the model (a large well-exposed photo "
-        "is answered at once instead of after a full-size model run for an invisible blend).",
-    )
-    auto_strength_match_from: float = Field(
-        0.75,
-        ge=0,
-        le=1,
-        description="strength=auto: a noisy upload that would get at least this strength (predicted on a "
-        "thumbnail) gets its input darkened until the model output itself reaches the target, instead of a "
-        "blend that mixes the upload's noise back in (1: always blend).",
-    )
-
-    # --- exposure normalisation -----------------------------------------------------------
-    exposure_noise_reference: float = Field(
-        0.122,
-        ge=0,
-        description="Noise sigma / sqrt(signal) (8-bit gray levels) of a native dark capture like the "
-        "training photos; uploads noisier than this look brightened after capture by (ratio / this) ** 2, "
-        "which is divided out before the model (0: off). Measured on lol-pairs/train lows.",
-    )
-    exposure_reference: float = Field(
-        0.15,
-        ge=0,
-        lt=1,
-        description="Scenes (mean luma 0-1 once the digital gain is divided out) brighter than this are "
-        "darkened towards it before the model, which was trained on dark LOL-style photos (0: off).",
-    )
-    exposure_power: float = Field(
-        1.0,
-        ge=0,
-        le=1,
-        description="How far brighter scenes are darkened: gain (reference / scene exposure) ** power "
-        "(1: all the way to the reference).",
-    )
-
-    exposure_lossy_reference: float = Field(
-        0.05,
-        ge=0,
-        lt=1,
-        description="For JPEG and WebP uploads, whose compression erases the noise the digital gain is read "
-        "from: uploads brighter than this mean luma are darkened towards it instead (0: off).",
-    )
-    exposure_lossy_power: float = Field(
-        0.9,
-        ge=0,
-        le=1,
-        description="How far JPEG and WebP uploads are darkened: gain (lossy reference / exposure) ** power.",
-    )
-
     # --- server ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `python -m service serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `python -m service serve` binds.")
@@ -269,30 +192,6 @@ class Settings(BaseSettings):
         if value not in PASS_COUNTS:
             raise ValueError(f"must be one of {', '.join(map(str, PASS_COUNTS))}")
         return value
-
-    @model_validator(mode="after")
-    def _auto_strength_is_valid(self) -> Settings:
-        _ = self.auto_strength  # raises ValueError (a validation error) on target > noisy target
-        return self
-
-    @property
-    def auto_strength(self) -> AutoStrength:
-        return AutoStrength(
-            self.auto_strength_target,
-            self.auto_strength_noisy_target,
-            self.auto_strength_noisy,
-            self.auto_strength_floor,
-            self.auto_strength_match_from,
-        )
-
-    @property
-    def exposure_normalisation(self) -> ExposureNormalisation:
-        return ExposureNormalisation(self.exposure_reference, self.exposure_power, self.exposure_noise_reference)
-
-    @property
-    def lossy_exposure_normalisation(self) -> ExposureNormalisation:
-        """The rule for uploads whose codec erased their noise: the mean exposure alone."""
-        return ExposureNormalisation(self.exposure_lossy_reference, self.exposure_lossy_power)
 
     def self_ensemble_budget(self, on_gpu: bool) -> int:
         """FRLIE_SELF_ENSEMBLE_PIXELS, or its default for the kind of device that runs the model."""

@@ -17,7 +17,9 @@ from PIL import Image
 
 import bench.server
 from bench.service_config import setting_env
+from model.contract import POLICY
 from service.ensemble import passes_for
+from service.policy import Policy, PolicyConstants
 from service.settings import Settings
 
 TINY_MODEL_VERSION = "test-tiny"
@@ -58,17 +60,17 @@ def reference_enhance(
 ) -> np.ndarray:
     """Independent whole-image reference: pad bottom/right (reflect) to a multiple of 4 and >= 20, run, crop, round.
 
-    ``gain`` is the exposure normalisation applied to the input first; None: what the service's
-    default settings give this image (test_service_exposure checks that choice on its own).
+    ``gain`` is the exposure normalisation applied to the input first; None: what the policy stored
+    in the model file gives this image as a lossless upload (test_service_policy checks that choice).
     ``passes`` is the self-ensemble: the mean over that many of the orientations in
     ``REFERENCE_ORIENTATIONS``, each run whole and turned back; None: what the service's default
     settings give an image of this size on the CPU.
     """
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     if gain is None:
-        gain = Settings().exposure_normalisation.read(rgb).gain
+        gain = model_policy(session).plan(rgb, lossy=False, grayscale=False, strength=1.0, passes=1).gain
     if passes is None:
         passes = default_ensemble_passes(*rgb.shape[:2])
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     scaled = rgb.astype(np.float32) / np.float32(255.0)
     if gain != 1.0:  # the same two float32 steps as service.tiling.extract_tile, so the pixels are identical
         scaled *= np.float32(gain)
@@ -80,6 +82,12 @@ def reference_enhance(
     if passes > 1:
         total /= np.float32(passes)
     return np.rint(np.clip(total, 0, 1) * 255).astype(np.uint8)
+
+
+def model_policy(session: ort.InferenceSession) -> Policy:
+    """The policy a model file carries (the plain network where it carries none)."""
+    text = session.get_modelmeta().custom_metadata_map.get(POLICY)
+    return Policy(PolicyConstants.uncalibrated() if text is None else PolicyConstants.from_json(text))
 
 
 def _run_whole(session: ort.InferenceSession, image: np.ndarray) -> np.ndarray:

@@ -116,7 +116,7 @@ def test_service_benchmark_reports_load_batching_and_overhead(quick: Path) -> No
     overhead = document["overhead"]
     assert [r["size"] for r in overhead] == [images.label(tuple(s)) for s in config["overhead_sizes"]]
     for row in overhead:
-        for key in ("decode_ms", "tiling_ms", "inference_ms", "encode_ms", "total_ms"):
+        for key in ("decode_ms", "plan_ms", "tiling_ms", "inference_ms", "encode_ms", "total_ms"):
             assert positive(row[key]), (key, row)
         assert 0 < row["overhead_fraction"] < 1
         assert row["tiles"] >= 1 and 1 <= row["batches"] <= row["tiles"]

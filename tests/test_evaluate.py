@@ -214,7 +214,7 @@ def test_evaluate_model_without_cli_baselines_or_niqe(checkpoint: Path, lol_pair
 def test_exposure_rows_on_real_pairs(checkpoint: Path, lol_pairs: Path, tmp_path: Path) -> None:
     """`evaluate --exposures`: named rows for brightened lows and for the high image against itself."""
     from training.data import EXPOSURE_VARIANTS
-    from training.evaluate import evaluate_exposures, with_strength
+    from training.evaluate import evaluate_exposures
 
     pairs = list_pairs(lol_pairs / "val")[:2]
     low, high = load_rgb(pairs[0].low), load_rgb(pairs[0].high)
@@ -228,56 +228,39 @@ def test_exposure_rows_on_real_pairs(checkpoint: Path, lol_pairs: Path, tmp_path
     plain = evaluate_model(enhancer, pairs, baselines=None, with_niqe=False, progress=False)["mean"]
     assert rows["low"]["psnr"] == pytest.approx(plain["psnr"])
     assert len({round(row["psnr"], 6) for row in rows.values()}) == 4  # four different inputs
-    # Strength 0 hands back the input: the high row is then exact (counted as identical, no PSNR mean
-    # to take), the low row is the input's score.
-    untouched = evaluate_exposures(with_strength(enhancer, 0.0), pairs, progress=False)
-    assert untouched["high"]["psnr"] is None and untouched["high"]["identical"] == len(pairs)
-    assert untouched["high"]["ssim"] == pytest.approx(1.0) and untouched["low"]["identical"] == 0
-    assert untouched["low"]["psnr"] == pytest.approx(np.mean([psnr(load_rgb(p.low), load_rgb(p.high)) for p in pairs]))
+
+
+def test_the_service_pipeline_at_strength_zero_hands_back_the_upload(lol_pairs: Path, tmp_path: Path) -> None:
+    """`evaluate --strength` runs the service's own pipeline: at strength 0 the high row is exact
+    (counted as identical, no PSNR mean to take) and the low row is the input's score; `--exposures`
+    scores every row on PNG and on JPEG q90 uploads."""
+    from service_helpers import export_tiny_model
+
+    from training.data import EXPOSURE_VARIANTS
+    from training.evaluate import ServedModel, as_jpeg, evaluate_exposures
+
+    model = export_tiny_model(tmp_path)
+    pairs = list_pairs(lol_pairs / "val")[:2]
+    with ServedModel(model, 0.0) as served:
+        untouched = evaluate_exposures(served, pairs, progress=False)
+        assert untouched["high"]["psnr"] is None and untouched["high"]["identical"] == len(pairs)
+        assert untouched["high"]["ssim"] == pytest.approx(1.0) and untouched["low"]["identical"] == 0
+        lows = [psnr(load_rgb(p.low), load_rgb(p.high)) for p in pairs]
+        assert untouched["low"]["psnr"] == pytest.approx(np.mean(lows))
+        # JPEG uploads: at strength 0 the answer is the JPEG itself, scored below the lossless upload.
+        as_sent = evaluate_exposures(served.uploading(60), pairs, progress=False)
+        jpeg_psnr = np.mean([psnr(as_jpeg(load_rgb(p.high), 60), load_rgb(p.high)) for p in pairs])
+        assert as_sent["high"]["psnr"] == pytest.approx(jpeg_psnr) and as_sent["high"]["psnr"] < 60
 
     out = tmp_path / "result.json"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(checkpoint),
-                "--data",
-                str(lol_pairs),
-                "--limit",
-                "2",
-                "--no-baselines",
-                "--no-niqe",
-                "--exposures",
-                "--strength",
-                "auto",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    args = ["evaluate", "--model", str(model), "--data", str(lol_pairs), "--limit", "2", "--no-baselines"]
+    assert main([*args, "--no-niqe", "--exposures", "--strength", "auto", "--json", str(out)]) == 0
     document = json.loads(out.read_text())
-    assert set(document["exposures"]) == set(EXPOSURE_VARIANTS) and "strength auto" in document["model"]
+    assert set(document["exposures"]) == {"PNG", "JPEG q90"} and "strength auto" in document["model"]
+    assert all(set(rows) == set(EXPOSURE_VARIANTS) for rows in document["exposures"].values())
 
 
-def test_jpeg_uploads_are_round_tripped_and_judged_by_the_lossy_rule(checkpoint: Path, lol_pairs: Path) -> None:
-    """--upload-jpeg Q scores what a phone sends: at strength 0 the answer is the JPEG itself, so the
-    score is the JPEG's own, below the lossless upload's; the lossy rule never reads a digital gain."""
-    from service.settings import Settings
-    from training.evaluate import as_jpeg, evaluate_exposures, with_strength
-
-    pairs = list_pairs(lol_pairs / "val")[:2]
-    enhancer = load_enhancer(checkpoint)
-    as_sent = evaluate_exposures(with_strength(enhancer, 0.0, jpeg_quality=60), pairs, progress=False)
-    jpeg_psnr = np.mean([psnr(as_jpeg(load_rgb(p.high), 60), load_rgb(p.high)) for p in pairs])
-    assert as_sent["high"]["psnr"] == pytest.approx(jpeg_psnr)
-    assert as_sent["high"]["psnr"] < 60
-    low = as_jpeg(np.clip(load_rgb(pairs[0].low).astype(np.float32) * 4, 0, 255).astype(np.uint8), 60)
-    assert Settings().lossy_exposure_normalisation.read(low).digital_gain == 1.0
-
-
-def test_upload_jpeg_needs_strength_and_a_valid_quality(checkpoint: Path, lol_pairs: Path) -> None:
+def test_upload_jpeg_needs_a_valid_quality_and_strength_an_onnx_model(checkpoint: Path, lol_pairs: Path) -> None:
     base = ["evaluate", "--model", str(checkpoint), "--data", str(lol_pairs), "--limit", "1", "--no-baselines"]
-    assert main([*base, "--no-niqe", "--upload-jpeg", "90"]) == 2
-    assert main([*base, "--no-niqe", "--strength", "1", "--upload-jpeg", "0"]) == 2
+    assert main([*base, "--no-niqe", "--upload-jpeg", "0"]) == 2
+    assert main([*base, "--no-niqe", "--strength", "1"]) == 2  # the service runs ONNX files only

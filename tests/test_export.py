@@ -14,7 +14,8 @@ import torch
 from model.checkpoint import save_weights
 from model.network import FRLIE, FRLIEConfig
 from training.__main__ import main
-from training.export import FP32_TOLERANCE, export_onnx, read_metadata
+from training.export import FP32_TOLERANCE, export_onnx
+from training.onnx_metadata import read_metadata
 
 
 @pytest.fixture(scope="module")

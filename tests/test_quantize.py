@@ -15,8 +15,8 @@ from service_helpers import TINY_MODEL_VERSION, export_tiny_model
 
 from training import quantize
 from training.data import load_rgb
-from training.export import read_metadata
 from training.metrics import psnr
+from training.onnx_metadata import read_metadata
 
 # The default recipe on a calibration small enough for a test (6 whole 48 x 64 images, the 256 px
 # crop being larger: about a second), with well-exposed inputs mixed in to test the mixing.

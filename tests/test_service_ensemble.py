@@ -143,14 +143,12 @@ def test_tiled_ensemble_equals_the_whole_image_reference(model_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def two_pass_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """At most 2 passes, within a budget of 20,000 model pixels; `auto` aims at full brightness."""
+    """At most 2 passes, within a budget of 20,000 model pixels (no policy in the file: `auto` is the model output)."""
     running = ServerProcess(
         model_path,
         tmp_path_factory.mktemp("logs") / "ensemble.log",
         self_ensemble=2,
         self_ensemble_pixels=20_000,
-        auto_strength_target=1.0,
-        auto_strength_noisy_target=1.0,
     ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES

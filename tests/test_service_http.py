@@ -44,15 +44,13 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Batching on, small tiles (so a 600 x 400 image is tiled), small limits (so they are cheap to hit);
-    `auto` aims at full brightness, so answers are the model output itself, to compare with. One model
+    the tiny model carries no calibrated policy, so `auto` answers are the model output itself. One model
     pass per image, so tile and batch counts are the plan's (test_service_ensemble covers the passes)."""
     running = ServerProcess(
         model_path,
         tmp_path_factory.mktemp("logs") / "main.log",
         tile_size=64,
         self_ensemble=1,
-        auto_strength_target=1.0,
-        auto_strength_noisy_target=1.0,
         max_batch_size=4,
         max_batch_delay_ms=50,
         queue_size=32,

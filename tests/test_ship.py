@@ -17,7 +17,7 @@ from model.checkpoint import load_weights, read_checkpoint
 from training.__main__ import main
 from training.average import average_models
 from training.errors import TrainingError
-from training.export import read_metadata
+from training.onnx_metadata import read_metadata
 from training.runs import read_val_log
 from training.ship import select_checkpoint
 

@@ -19,12 +19,11 @@ import pytest
 
 from model.checkpoint import load_weights
 from model.contract import ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME
-from service.exposure import ExposureNormalisation
-from service.settings import Settings
 from training.data import list_pairs
 from training.evaluate import evaluate_model, normalised
-from training.export import read_metadata
 from training.inference import load_enhancer
+from training.normalisation import ExposureNormalisation
+from training.onnx_metadata import read_metadata
 
 ONNX_FILE, TORCH_FILE, CONFIG_FILE = (WEIGHTS_DIR / name for name in (ONNX_NAME, WEIGHTS_NAME, TRAINING_RECORD_NAME))
 MIN_PSNR_DB, MIN_SSIM = 23.0, 0.79
@@ -59,10 +58,6 @@ def _training_normalisation() -> ExposureNormalisation:
     return ExposureNormalisation(
         args.get("exposure_reference", 0.0), args.get("exposure_power", 1.0), args.get("exposure_noise_reference", 0.0)
     )
-
-
-def test_service_defaults_normalise_exposure_as_the_model_was_trained() -> None:
-    assert Settings().exposure_normalisation == _training_normalisation()
 
 
 def test_shipped_onnx_meets_the_quality_bar_on_val(lol_pairs: Path) -> None:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import write_synthetic_pairs
 
-from service.exposure import ExposureNormalisation, estimate_exposure
+from service.exposure import estimate_exposure
 from training.data import ExposureMix, PairedImages, list_pairs, load_rgb
+from training.normalisation import ExposureNormalisation
 
 
 @pytest.fixture(scope="module")

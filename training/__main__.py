@@ -11,11 +11,11 @@ from training.errors import TrainingError
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `--help` of one command does not pay for the others' imports twice.
-    from training import average, curves, evaluate, export, niqe, ship, train
+    from training import average, calibrate, curves, evaluate, export, niqe, ship, train
 
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (train, evaluate, niqe, export, average, ship, curves):
+    for module in (train, evaluate, calibrate, niqe, export, average, ship, curves):
         module.add_parser(subparsers)
     return parser
 

@@ -23,23 +23,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.network import FRLIE
-from service import ensemble
-from service.exposure import ExposureNormalisation
+from service.imageio import OutputFormat
 from service.settings import Settings
-from service.strength import (
-    AUTO,
-    Strength,
-    apply_strength,
-    matched_gain,
-    parse_strength,
-    resolve_strength,
-)
+from service.strength import AUTO, Strength, parse_strength
 from training.baselines import BASELINES
 from training.data import EXPOSURE_VARIANTS, ExposureVariant, ImagePair, PairedDataError, list_pairs, load_rgb
 from training.figures import Panel, compose, sheet_row, write_before_after, write_exposure_figure
-from training.inference import Enhance, Enhancer, load_enhancer, model_enhancer
+from training.inference import Enhance, load_enhancer, model_enhancer
 from training.metrics import psnr, psnr_gt_mean, ssim
 from training.niqe import niqe
+from training.normalisation import ExposureNormalisation
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_gt_mean", "niqe")
 METRIC_DIGITS = {"psnr": 2, "ssim": 4, "psnr_gt_mean": 2, "niqe": 3}
@@ -55,6 +48,7 @@ GT_MEAN_NOTE = (
 )
 
 COMPARISON_SHEET = "comparison.png"
+EXPOSURE_JPEG_QUALITY = 90  # the exposure rows are also scored on JPEG uploads of this quality
 ENHANCED_DIR = "enhanced"
 
 
@@ -218,15 +212,15 @@ def format_exposures(rows: Mapping[str, Mapping[str, float | None]], count: int)
 
 
 def _enhance_darkened(enhancer: Enhance, image: np.ndarray, gain: float) -> np.ndarray:
-    """``enhancer`` on ``image`` times ``gain``, rounded to 8 bits (the service keeps the darkened
-    copy in float, so results match it within rounding)."""
+    """``enhancer`` on ``image`` times ``gain``, rounded to 8 bits (training's validation of a model
+    trained on normalised inputs; the service keeps the darkened copy in float)."""
     if gain == 1.0:
         return enhancer(image)
     return enhancer(np.rint(image.astype(np.float32) * np.float32(gain)).astype(np.uint8))
 
 
 def normalised(enhancer: Enhance, normalisation: ExposureNormalisation) -> Enhance:
-    """``enhancer`` on the upload darkened as service.exposure does."""
+    """``enhancer`` on the input darkened by a training recipe's normalisation (``--exposure-*``)."""
 
     def run(image: np.ndarray) -> np.ndarray:
         return _enhance_darkened(enhancer, image, normalisation.read(image).gain)
@@ -234,60 +228,83 @@ def normalised(enhancer: Enhance, normalisation: ExposureNormalisation) -> Enhan
     return run
 
 
+def encode_upload(image: np.ndarray, jpeg_quality: int | None = None) -> bytes:
+    """``image`` as the bytes a client uploads: PNG, or a JPEG of ``jpeg_quality`` as phones send."""
+    buffer = io.BytesIO()
+    if jpeg_quality is None:
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(image).save(buffer, format="JPEG", quality=jpeg_quality)
+    return buffer.getvalue()
+
+
 def as_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     """``image`` after a JPEG round trip at ``quality``, as a phone or browser would upload it."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    with Image.open(buffer) as decoded:
+    with Image.open(io.BytesIO(encode_upload(image, quality))) as decoded:
         return np.asarray(decoded.convert("RGB"), dtype=np.uint8).copy()
 
 
-def self_ensembled(enhancer: Enhance, settings: Settings) -> Enhance:
-    """``enhancer`` averaged over the orientations the service gives an image of each size on the CPU
-    under ``settings`` (service.ensemble). It averages the enhancer's rounded outputs where the service
-    averages unrounded ones, so results match it within rounding."""
-    budget = settings.self_ensemble_budget(on_gpu=False)
+class ServedModel:
+    """The service itself, in this process: ``service.pipeline.Pipeline`` over an ONNX file with the
+    service's default settings, so every number is what ``POST /enhance`` answers (bit for bit: the
+    answer is asked for as PNG). Use it as a context manager, or call ``close``."""
 
-    def run(image: np.ndarray) -> np.ndarray:
-        passes = ensemble.passes_for(image.shape[0] * image.shape[1], settings.self_ensemble, budget)
-        used = ensemble.orientations(passes)
-        if passes == 1:
-            return enhancer(image)
-        answers = [enhancer(np.ascontiguousarray(o.forward(image))).astype(np.float32) / 255.0 for o in used]
-        return ensemble.average(answers, used)
+    def __init__(self, model: str | Path, strength: Strength = AUTO, jpeg_quality: int | None = None) -> None:
+        from service.engine import Engine
+        from service.metrics import Metrics
+        from service.pipeline import Pipeline
 
-    return run
+        self.strength, self.jpeg_quality = strength, jpeg_quality
+        self.settings = Settings(model_path=Path(model))
+        self._runner = asyncio.Runner()
+        engine = Engine(self.settings)
+        engine.warm_up()
+
+        async def start() -> Pipeline:  # the batcher belongs to the loop that runs it
+            return Pipeline(engine, self.settings, Metrics())
+
+        self.pipeline = self._runner.run(start())
+        upload = "PNG" if jpeg_quality is None else f"JPEG q{jpeg_quality}"
+        self.description = (
+            f"service pipeline on {engine.model_file.name} ({engine.provider}), strength {strength}, {upload} uploads"
+        )
+        self.kind = "service"
+
+    def uploading(self, jpeg_quality: int | None) -> Enhance:
+        """The same service, sent PNG (None) or JPEG uploads of ``jpeg_quality``."""
+
+        def run(image: np.ndarray) -> np.ndarray:
+            return self.answer(encode_upload(image, jpeg_quality))[0]
+
+        return run
+
+    def answer(self, upload: bytes) -> tuple[np.ndarray, Any]:
+        """The service's answer (H x W x 3 uint8) to ``upload``, and its ``EnhancedFile``."""
+        result = self._runner.run(self.pipeline.process(upload, OutputFormat.png, strength=self.strength))
+        with Image.open(io.BytesIO(result.data)) as decoded:
+            return np.asarray(decoded.convert("RGB"), dtype=np.uint8).copy(), result
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.answer(encode_upload(image, self.jpeg_quality))[0]
+
+    def close(self) -> None:
+        if self._runner.get_loop().is_closed():
+            return
+        self._runner.run(self.pipeline.close())
+        self._runner.close()
+
+    def __enter__(self) -> ServedModel:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
-def with_strength(enhancer: Enhance, strength: Strength, jpeg_quality: int | None = None) -> Enhancer:
-    """``enhancer`` wrapped as the service runs it: the upload darkened by the default exposure
-    normalisation (service.exposure), then the strength blend with the upload (service.strength);
-    ``auto`` aims at the service's default brightness targets (matching the input gain to them on a
-    thumbnail for noisy uploads, as the service does), and the full-size run gets the self-ensemble
-    that the service's CPU defaults give its size. With ``jpeg_quality`` the input is uploaded as a
-    JPEG of that quality: round-tripped, and judged by the lossy rule."""
-    settings = Settings()
-    full_size = self_ensembled(enhancer, settings)
-    auto = settings.auto_strength
-    normalisation = settings.exposure_normalisation if jpeg_quality is None else settings.lossy_exposure_normalisation
-
-    async def model_output(image: np.ndarray, gain: float) -> np.ndarray:
-        return _enhance_darkened(enhancer, image, gain)
-
-    def run(image: np.ndarray) -> np.ndarray:
-        if jpeg_quality is not None:
-            image = as_jpeg(image, jpeg_quality)
-        reading = normalisation.read(image)
-        if resolve_strength(strength, reading, auto) <= 0:  # for auto, an upper bound
-            return image.copy()
-        gain = asyncio.run(matched_gain(auto, reading, image, model_output)) if strength == AUTO else reading.gain
-        enhanced = _enhance_darkened(full_size, image, gain)
-        apply_strength(enhanced, image, strength, reading, auto)
-        return enhanced
-
-    kind = getattr(enhancer, "kind", "function")
-    upload = "" if jpeg_quality is None else f", JPEG q{jpeg_quality} uploads"
-    return Enhancer(run, kind, f"{getattr(enhancer, 'description', enhancer)}, strength {strength}{upload}")
+def jpeg_uploads(enhancer: Enhance, quality: int) -> Enhance:
+    """``enhancer`` sent every input as a JPEG of ``quality`` (the service gets the JPEG bytes)."""
+    if isinstance(enhancer, ServedModel):
+        return enhancer.uploading(quality)
+    return lambda image: enhancer(as_jpeg(image, quality))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -377,21 +394,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--strength",
         default=None,
         metavar="auto|0-1",
-        help="run the model as the service does: inputs darkened by its exposure normalisation "
-        "(FRLIE_EXPOSURE_* defaults), output blended with the input at this strength (FRLIE_AUTO_STRENGTH_* "
-        "defaults for 'auto'; 1: the model's full effect); default: the raw model on the raw input",
+        help="run the service's own pipeline (service.pipeline, default settings, the policy calibrated in "
+        "the model file) at this strength, on uploads encoded as a client sends them ('auto': the service's "
+        "default answer); default: the plain network on the raw input",
     )
     parser.add_argument(
         "--upload-jpeg",
         type=int,
         metavar="QUALITY",
-        help="with --strength: send every input as a JPEG of this quality (1-100), as phones do; "
-        "the service then judges it by its lossy rule (FRLIE_EXPOSURE_LOSSY_*)",
+        help="send every input as a JPEG of this quality (1-100), as phones do (default: PNG)",
     )
     parser.add_argument(
         "--exposures",
         action="store_true",
-        help=f"also score exposure variants of the inputs ({', '.join(EXPOSURE_VARIANTS)}; 'high' against itself)",
+        help=f"also score exposure variants of the inputs ({', '.join(EXPOSURE_VARIANTS)}; 'high' against itself), "
+        f"each uploaded as PNG and as JPEG q{EXPOSURE_JPEG_QUALITY}",
     )
     parser.add_argument("--figure", metavar="NAME", help="image (e.g. 101 or 101.png) for a before/after JPEG")
     parser.add_argument("--figure-out", type=Path, metavar="FILE.jpg", help="where --figure writes (< 300 KB)")
@@ -411,32 +428,45 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
         return 2
-    if args.upload_jpeg is not None and (args.strength is None or not 1 <= args.upload_jpeg <= 100):
-        print("error: --upload-jpeg needs --strength and a quality from 1 to 100", file=sys.stderr)
+    if args.upload_jpeg is not None and not 1 <= args.upload_jpeg <= 100:
+        print("error: --upload-jpeg needs a quality from 1 to 100", file=sys.stderr)
         return 2
     try:
         pairs_dir = resolve_pairs_dir(args.data, args.split)
         all_pairs = list_pairs(pairs_dir)
         figure_pair = find_pair(all_pairs, args.figure) if args.figure else None
-        enhancer = load_enhancer(args.model, device=args.device)
+        enhancer: Enhance
         if args.strength is not None:
-            enhancer = with_strength(enhancer, parse_strength(args.strength), args.upload_jpeg)
+            if args.model.suffix.lower() != ".onnx":
+                raise ValueError("--strength runs the service's own pipeline, which needs an exported .onnx model")
+            enhancer = ServedModel(args.model, parse_strength(args.strength))
+        else:
+            enhancer = load_enhancer(args.model, device=args.device)
+        scored = enhancer if args.upload_jpeg is None else jpeg_uploads(enhancer, args.upload_jpeg)
         result = evaluate_model(
-            enhancer,
+            scored,
             all_pairs[: args.limit],
             baselines=None if args.no_baselines else BASELINES,
             with_niqe=not args.no_niqe,
             save_dir=args.save_dir,
         )
+        if args.upload_jpeg is not None:
+            result["model"] += f", JPEG q{args.upload_jpeg} uploads"
         if args.exposures:
-            result["exposures"] = evaluate_exposures(enhancer, all_pairs[: args.limit], with_niqe=not args.no_niqe)
+            result["exposures"] = {
+                upload: evaluate_exposures(variant, all_pairs[: args.limit], with_niqe=not args.no_niqe)
+                for upload, variant in (
+                    ("PNG", enhancer),
+                    (f"JPEG q{EXPOSURE_JPEG_QUALITY}", jpeg_uploads(enhancer, EXPOSURE_JPEG_QUALITY)),
+                )
+            }
     except (ValueError, argparse.ArgumentTypeError) as exc:  # includes PairedDataError and a bad --strength
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result["data"] = str(pairs_dir)
     print(format_report(result))
-    if "exposures" in result:
-        print("\n" + format_exposures(result["exposures"], result["count"]))
+    for upload, rows in result.get("exposures", {}).items():
+        print(f"\n{upload} uploads\n" + format_exposures(rows, result["count"]))
     if args.save_dir is not None:
         print(f"wrote {args.save_dir / ENHANCED_DIR}/ and {args.save_dir / COMPARISON_SHEET}")
     if args.json is not None:
@@ -449,4 +479,6 @@ def run(args: argparse.Namespace) -> int:
         if args.exposure_figure_out is not None:
             path = write_exposure_figure(enhancer, figure_pair, args.exposure_figure_out)
             print(f"wrote {path} ({path.stat().st_size / 1000:.0f} KB)")
+    if isinstance(enhancer, ServedModel):
+        enhancer.close()
     return 0

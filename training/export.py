@@ -127,12 +127,6 @@ def verify_export(model: FRLIE, path: str | Path, *, fp16: bool = False) -> dict
     return report
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata properties of an exported file (model version, metrics, receptive radius...)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint to one ONNX file and verify it")
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.pt) written by training")

@@ -1,7 +1,7 @@
 """Whether an int8 file may be the default on CPUs: its quality on val and its speed, against fp32.
 
 `ship` (and `export --int8`) quantize the fp32 model, then measure it with the int8 benchmark's
-own measurements (``bench.int8``: val PSNR / SSIM for both files, and time per call at photo sizes
+own measurements (``training.int8_measure``: val PSNR / SSIM for both files, and time per call at photo sizes
 in fresh processes, with ORT's default threads as the service uses them) on the machine that
 ships, against that benchmark's limits. The verdict and figures go into the int8 file's
 ``quantization`` metadata; the service's ``FRLIE_PRECISION=auto`` runs the int8 file only where it
@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from model import contract
 from training.errors import TrainingError
+from training.int8_measure import MAX_PSNR_LOSS_DB, MAX_SSIM_LOSS, TARGET_SPEEDUP, quality, speed
+from training.onnx_metadata import read_metadata, update_metadata
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,6 @@ WHOLE_IMAGE_MP = 4.0  # both sizes run whole, as the service runs them at its de
 
 def measure(fp32_path: Path, int8_path: Path, data_root: Path) -> dict[str, Any]:
     """Quality on ``data_root``/val and CPU speed of the int8 file against its fp32 model, and the verdict."""
-    from bench.int8 import MAX_PSNR_LOSS_DB, MAX_SSIM_LOSS, TARGET_SPEEDUP, quality, speed
-
     (low,) = quality(fp32_path, int8_path, data_root, ("low",))
     rows = speed(
         fp32_path,
@@ -71,15 +69,10 @@ def measure(fp32_path: Path, int8_path: Path, data_root: Path) -> dict[str, Any]
 
 def record_verdict(int8_path: Path, figures: dict[str, Any]) -> None:
     """Store the figures and ``quality_gate: passed|failed`` in the int8 file's quantization record."""
-    proto = onnx.load(str(int8_path))
-    props = {p.key: p.value for p in proto.metadata_props}
-    record = json.loads(props.get(contract.QUANTIZATION, "{}"))
+    record = json.loads(read_metadata(int8_path).get(contract.QUANTIZATION, "{}"))
     record["gate"] = figures
     record[contract.QUALITY_GATE] = contract.GATE_PASSED if figures.get("passed") else "failed"
-    props[contract.QUANTIZATION] = json.dumps(record)
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, props)
-    onnx.save_model(proto, str(int8_path), save_as_external_data=False)
+    update_metadata(int8_path, {contract.QUANTIZATION: json.dumps(record)})
 
 
 def describe(figures: dict[str, Any]) -> str:

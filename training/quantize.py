@@ -48,9 +48,9 @@ import onnx
 
 from model.contract import INPUT_NAME, OUTPUT_NAME, PRECISION, QUANTIZATION
 from training.data import EXPOSURE_VARIANTS, PairedDataError, list_pairs, load_rgb
-from training.export import read_metadata
 from training.inference import pad_image
 from training.metrics import psnr
+from training.onnx_metadata import read_metadata
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from tqdm import tqdm
 
 from model.checkpoint import load_weights, read_checkpoint, save_weights
 from model.network import FRLIE, FRLIEConfig
-from service.exposure import ExposureNormalisation
 from training import distributed as dist_utils
 from training.config import STAGES, TrainConfig, add_arguments, config_from_args
 from training.data import ExposureMix, PairedImages, list_pairs
 from training.errors import TrainingError
 from training.evaluate import validate_model
 from training.losses import LossTerms, reconstruction_loss, restoration_loss
+from training.normalisation import ExposureNormalisation
 from training.runs import BEST, LAST, TRAIN_LOG, VAL_LOG, append_row
 
 STAGE_HELP = {

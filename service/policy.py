@@ -1,0 +1,189 @@
+"""The enhancement policy: what the service does with one upload around the network.
+
+One place turns (decoded upload, request) into a ``Plan``: how bright the upload is and how much it
+looks brightened since capture (its reading), what the network's input is multiplied by (gain), how
+much of the network's answer is kept (strength), how many self-ensemble passes run, and the finish
+(a black-and-white upload comes back gray). The HTTP route, the folder CLI, ``training evaluate`` and
+the benchmarks all go through it, so what is measured is what is served.
+
+Its constants belong to the weights, not to the operator: ``python -m training calibrate`` fits them
+on the train split and writes them into the model file's metadata (``model.contract.POLICY``), with
+the data and the rule that chose them. A model file without them runs as the plain network.
+
+The decision, for ``strength=auto``:
+
+* **Digital gain, from noise.** Shot noise grows with the square root of the signal, so an upload
+  that was brightened after capture (by the camera or by hand) is noisier, for its brightness, than
+  a native dark capture. Per upload kind (lossless, or JPEG/WebP whose codec erases part of the
+  noise) the calibration records the noise ratios of native train lows and of their x2 / x4
+  brightenings; the reading interpolates between them, above a floor that native captures stay under.
+* **Exposure reference.** A scene (the upload with its digital gain divided out) brighter than the
+  darkest the network handles well is darkened to it.
+* **Well exposed.** A scene at least as bright as typical well-exposed photos comes back unchanged,
+  without running the model; anything darker gets the network's full answer (no blend: mixing the
+  upload back in only ever lowered PSNR against a normal-light reference).
+
+A number from 0 to 1 as the strength blends the upload (0) with the model output (1) per pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from service.exposure import MAX_DIGITAL_GAIN, MIN_SCENE_EXPOSURE, estimate_exposure, noise_ratio
+from service.imageio import make_gray
+from service.strength import AUTO, Strength, blend_into
+
+LOSSLESS = "lossless"  # PNG, TIFF, BMP...: the capture's noise arrives intact
+LOSSY = "lossy"  # JPEG, WebP: compression erases part of the noise
+UPLOAD_KINDS = (LOSSLESS, LOSSY)
+NEVER_UNCHANGED = 2.0  # an ``unchanged_from`` no mean luma reaches
+
+
+@dataclass(frozen=True)
+class NoiseGainReading:
+    """How much brighter than its capture an upload of one kind looks, from its noise ratio
+    (``service.exposure.noise_ratio``): 1 up to ``floor``, then log-log interpolation through
+    ``knots`` (noise ratio, digital gain), continued past the last knot along its last segment."""
+
+    floor: float
+    knots: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        ratios = [self.floor, *(ratio for ratio, _ in self.knots)]
+        gains = [1.0, *(gain for _, gain in self.knots)]
+        if any(b <= a for a, b in pairwise(ratios)) or any(b <= a for a, b in pairwise(gains)):
+            raise ValueError(f"noise knots must rise from the floor {self.floor} with gains above 1: {self.knots}")
+
+    def digital_gain(self, ratio: float | None) -> float:
+        if ratio is None or not self.knots or ratio <= self.floor:
+            return 1.0
+        log_ratios = [math.log(self.floor), *(math.log(r) for r, _ in self.knots)]
+        log_gains = [0.0, *(math.log(g) for _, g in self.knots)]
+        x = math.log(ratio)
+        # The segment that holds x, or the last one (continued past the last knot).
+        segment = next((i for i in range(1, len(log_ratios)) if x <= log_ratios[i]), len(log_ratios) - 1)
+        (x0, x1), (y0, y1) = log_ratios[segment - 1 : segment + 1], log_gains[segment - 1 : segment + 1]
+        log_gain = y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+        return float(min(max(math.exp(log_gain), 1.0), MAX_DIGITAL_GAIN))
+
+
+@dataclass(frozen=True)
+class PolicyConstants:
+    """Everything the policy decides with; ``calibration`` says where the numbers came from."""
+
+    readings: dict[str, NoiseGainReading]  # per upload kind
+    exposure_reference: float  # scene mean luma above which the input is darkened to it (>= 1: off)
+    unchanged_from: float  # scene mean luma from which auto returns the upload unchanged (``NEVER_UNCHANGED``: never)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def uncalibrated(cls) -> PolicyConstants:
+        """A model file without a policy: the plain network on every upload, at gain 1."""
+        plain = NoiseGainReading(floor=0.0)  # no knots: never reads a digital gain
+        return cls(dict.fromkeys(UPLOAD_KINDS, plain), 1.0, NEVER_UNCHANGED, {"rule": "none (plain network)"})
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["readings"] = {
+            kind: {"floor": r.floor, "knots": [list(k) for k in r.knots]} for kind, r in self.readings.items()
+        }
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PolicyConstants:
+        data = json.loads(text)
+        readings = {
+            kind: NoiseGainReading(float(r["floor"]), tuple((float(a), float(b)) for a, b in r["knots"]))
+            for kind, r in data["readings"].items()
+        }
+        missing = set(UPLOAD_KINDS) - set(readings)
+        if missing:
+            raise ValueError(f"policy metadata lacks the reading for {sorted(missing)}")
+        return cls(
+            readings, float(data["exposure_reference"]), float(data["unchanged_from"]), data.get("calibration", {})
+        )
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the policy sees in one upload."""
+
+    exposure: float  # mean luma, 0-1
+    noise_ratio: float | None  # service.exposure.noise_ratio; None where too few blocks were usable
+    digital_gain: float  # >= 1: how much brighter the upload looks than its capture
+
+    @property
+    def scene_exposure(self) -> float:
+        return self.exposure / self.digital_gain
+
+
+def policy_gain(constants: PolicyConstants, kind: str, exposure: float, ratio: float | None) -> tuple[float, float]:
+    """(digital gain, input gain) for an upload of ``kind`` with this mean luma and noise ratio."""
+    # Never read the scene as darker than the darkest LOL-style capture.
+    digital = min(constants.readings[kind].digital_gain(ratio), max(exposure / MIN_SCENE_EXPOSURE, 1.0))
+    scene = exposure / digital
+    darken = constants.exposure_reference / scene if scene > constants.exposure_reference else 1.0
+    return digital, float(darken / digital)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What happens to one upload."""
+
+    reading: Reading
+    gain: float  # what the upload is multiplied by before the network (1: not darkened)
+    strength: float  # applied: 0 is the upload unchanged (no model run), 1 the model output
+    passes: int  # self-ensemble passes (service.ensemble); 0 when the model does not run
+    gray: bool  # a black-and-white upload: the answer is made gray again
+
+    @property
+    def runs_model(self) -> bool:
+        return self.strength > 0.0
+
+
+class Policy:
+    """The calibrated decision of one model file."""
+
+    def __init__(self, constants: PolicyConstants) -> None:
+        self.constants = constants
+
+    def read(self, upload: np.ndarray, kind: str) -> Reading:
+        exposure = estimate_exposure(upload)
+        ratio = noise_ratio(upload)
+        digital, _ = policy_gain(self.constants, kind, exposure, ratio)
+        return Reading(exposure, ratio, digital)
+
+    def plan(self, upload: np.ndarray, *, lossy: bool, grayscale: bool, strength: Strength, passes: int) -> Plan:
+        """The plan for an H x W x 3 upload (uint8, or float in [0, 1]); ``passes`` is what the host's
+        self-ensemble budget gives its size."""
+        kind = LOSSY if lossy else LOSSLESS
+        reading = self.read(upload, kind)
+        _, gain = policy_gain(self.constants, kind, reading.exposure, reading.noise_ratio)
+        if strength == AUTO:
+            applied = 0.0 if reading.scene_exposure >= self.constants.unchanged_from else 1.0
+        else:
+            applied = float(strength)
+            if not 0.0 <= applied <= 1.0:
+                raise ValueError(f"strength must be 'auto' or a number from 0 to 1, got {strength!r}")
+        if applied <= 0.0:
+            return Plan(reading, 1.0, 0.0, 0, grayscale)
+        return Plan(reading, gain, applied, passes, grayscale)
+
+    @staticmethod
+    def finish(plan: Plan, enhanced: np.ndarray, upload: np.ndarray) -> None:
+        """Turn the full-strength model output ``enhanced`` into the answer, in place."""
+        blend_into(enhanced, upload, plan.strength)
+        if plan.gray:  # the network would tint a black-and-white photo
+            make_gray(enhanced)
+
+    def describe(self) -> dict[str, Any]:
+        """For /readyz: the constants and where they came from."""
+        described: dict[str, Any] = json.loads(self.constants.to_json())
+        return described
