@@ -27,7 +27,7 @@ from service.metrics import PREFIX
 log = logging.getLogger(__name__)
 
 ServiceVariant = tuple[str, tuple[tuple[str, str], ...]]  # label, FRLIE_* variables on top of the defaults
-BATCHING_OFF_ON: tuple[ServiceVariant, ...] = (("batching off", (("FRLIE_BATCHING", "false"),)), ("batching on", ()))
+BATCHING_OFF_ON: tuple[ServiceVariant, ...] = (("batching off", (("FRLIE_MAX_BATCH_SIZE", "1"),)), ("batching on", ()))
 # Tuning candidates: two ORT calls at once (one thread each on a CPU; overlapping copies on a GPU).
 CPU_CANDIDATES: tuple[ServiceVariant, ...] = (
     ("2 workers x 1 thread", (("FRLIE_INFERENCE_WORKERS", "2"), ("FRLIE_INTRA_OP_THREADS", "1"))),

@@ -55,7 +55,7 @@ def providers_for(device: str) -> str:
 
 
 def setting_env(**settings: object) -> dict[str, str]:
-    """FRLIE_* variables for settings given by field name (``tile_size=512``, ``batching=False``)."""
+    """FRLIE_* variables for settings given by field name (``tile_size=512``, ``max_batch_size=1``)."""
     return {
         env_name(name): str(value).lower() if isinstance(value, bool) else str(value)
         for name, value in settings.items()

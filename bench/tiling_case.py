@@ -60,9 +60,9 @@ def enhance(
     if memory_budget_mb is not None:
         overrides["memory_budget_mb"] = memory_budget_mb
     if whole:  # one window holding the whole image, never padded to a batch of copies (GPU default)
-        overrides = {"tile_size": max(width, height), "fixed_batch_shapes": False}
+        overrides = {"tile_size": max(width, height)}
     settings = settings_from(service_env(Path(model_path), device, **overrides))
-    engine = Engine(settings)
+    engine = Engine(settings, fixed_batch_shapes=False if whole else None)
     check_provider(device, engine.providers)
     image = dark_photo((width, height))
     plan = engine.plan(height, width)

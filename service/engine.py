@@ -47,7 +47,7 @@ def missing_model_message(path: Path) -> str:
 
 def _provider_list(settings: Settings) -> list[str | tuple[str, dict[str, object]]]:
     """Providers as ORT wants them, with the device id for the GPU ones."""
-    return [(name, {"device_id": settings.device_id}) if name in GPU_PROVIDERS else name for name in settings.providers]
+    return list(settings.providers)
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
@@ -116,7 +116,12 @@ def _policy_constants(metadata: dict[str, str], path: Path) -> PolicyConstants:
 class Engine:
     """One ORT session, the tile geometry derived from its metadata, and batch execution."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, io_binding: bool | None = None, fixed_batch_shapes: bool | None = None
+    ) -> None:
+        """``io_binding`` (ORT writes straight into the output buffer) and ``fixed_batch_shapes`` (every
+        batch padded to its size limit, so the device only sees warmed-up shapes) are measurement
+        switches for the benchmarks and tests; unset, each is on when a GPU runs the model."""
         self.session, path = open_model(settings)
         self.model_file = path
         self.providers: list[str] = self.session.get_providers()
@@ -149,10 +154,10 @@ class Engine:
         self.throughput = ThroughputEstimate()  # measured: the probe, then every ORT call
         self.max_window_pixels = self.tile_shape[0] * self.tile_shape[1]
 
-        self.use_io_binding = on_gpu if settings.io_binding is None else settings.io_binding
+        self.use_io_binding = on_gpu if io_binding is None else io_binding
         # With padded batches every ORT call on a shape carries exactly batch_limit(shape) items.
-        self.pad_batches = on_gpu if settings.fixed_batch_shapes is None else settings.fixed_batch_shapes
-        self.max_batch_size = settings.effective_max_batch_size
+        self.pad_batches = on_gpu if fixed_batch_shapes is None else fixed_batch_shapes
+        self.max_batch_size = settings.max_batch_size
         self.max_ensemble_passes = settings.self_ensemble
         self.ensemble_pixels = settings.self_ensemble_budget(on_gpu)
         if self.cost_aware:

@@ -52,7 +52,6 @@ class Settings(BaseSettings):
         description="ONNX Runtime execution providers in order of preference, comma-separated or a JSON "
         "list. Unavailable ones are skipped by ORT; /readyz reports the one actually in use.",
     )
-    device_id: int = Field(0, ge=0, description="GPU index for the CUDA provider.")
     intra_op_threads: int = Field(
         0, ge=0, description="Threads ORT uses inside one operator; 0 lets ORT pick (one per physical core)."
     )
@@ -63,17 +62,6 @@ class Settings(BaseSettings):
         description="ORT calls allowed to run at once. 1 is best on CPU (intra-op threads "
         "already use every core); 2 can hide host/device copies on a GPU.",
     )
-    io_binding: bool | None = Field(
-        None,
-        description="Bind inputs/outputs with ORT IOBinding (ORT writes straight into the output "
-        "buffer). Unset: on when CUDA is the active provider.",
-    )
-    fixed_batch_shapes: bool | None = Field(
-        None,
-        description="Pad every batch to its size limit so the device only ever sees the warmed-up "
-        "shapes (no re-planning or cuDNN algorithm search at request time). Unset: on when CUDA is active.",
-    )
-
     # --- tiling ----------------------------------------------------------------------------
     tile_size: int | None = Field(
         None,
@@ -111,11 +99,6 @@ class Settings(BaseSettings):
     )
 
     # --- batching and queueing -------------------------------------------------------------
-    batching: bool = Field(
-        True,
-        description="Combine same-shape work (tiles, or whole images of one size) from concurrent "
-        "requests into one ORT call. Off: every tile or image runs alone (for measuring the effect).",
-    )
     max_batch_size: int = Field(4, ge=1, le=64, description="Most tiles or images in one ORT call.")
     max_batch_pixels: int | None = Field(
         None,
@@ -202,11 +185,6 @@ class Settings(BaseSettings):
     @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
-
-    @property
-    def effective_max_batch_size(self) -> int:
-        """Batching off means every ORT call carries exactly one tile or image."""
-        return self.max_batch_size if self.batching else 1
 
     def public_view(self) -> dict[str, object]:
         """The settings that matter to operators, for /readyz (no paths beyond the file name)."""

@@ -259,6 +259,9 @@ def test_dashboard_covers_what_operators_watch() -> None:
         assert metric in expressions, metric
 
 
+MAX_SETTINGS = 25
+
+
 # --- README and docs/ ----------------------------------------------------------------------------
 
 
@@ -276,6 +279,12 @@ def _documented_default(name: str) -> str:
     return str(value)
 
 
+def test_the_operator_has_at_most_25_settings() -> None:
+    """FRLIE_* is for the operator's choices (limits, devices, ports); what belongs to the weights is
+    calibrated into the model file (service.policy) and benchmark switches are bench options."""
+    assert len(setting_env_names()) <= MAX_SETTINGS, sorted(setting_env_names())
+
+
 def test_settings_table_in_docs_lists_every_setting_with_its_default() -> None:
     service_doc = (REPO_ROOT / "docs" / "service.md").read_text()
     assert "\n## Settings" in service_doc, "docs/service.md needs a Settings section"
@@ -284,6 +293,7 @@ def test_settings_table_in_docs_lists_every_setting_with_its_default() -> None:
     for variable, name in setting_env_names().items():
         assert variable in rows, f"{variable} is missing from the Settings table of docs/service.md"
         assert rows[variable] == _documented_default(name), f"{variable}: docs/service.md says {rows[variable]!r}"
+    assert set(rows) == set(setting_env_names()), f"documented but not settings: {set(rows) - set(setting_env_names())}"
     deploy = (REPO_ROOT / "docs" / "deploy.md").read_text()
     for topic in (
         "NVIDIA Container Toolkit",

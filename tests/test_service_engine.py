@@ -27,8 +27,8 @@ def test_metadata_and_active_provider(model_path: Path) -> None:
 
 
 def test_io_binding_gives_the_same_result_as_run(model_path: Path) -> None:
-    plain = Engine(Settings(model_path=model_path, providers=["CPUExecutionProvider"], io_binding=False))
-    bound = Engine(Settings(model_path=model_path, providers=["CPUExecutionProvider"], io_binding=True))
+    settings = Settings(model_path=model_path, providers=["CPUExecutionProvider"])
+    plain, bound = Engine(settings, io_binding=False), Engine(settings, io_binding=True)
     batch = np.random.default_rng(0).random((2, 3, 40, 56), dtype=np.float32)
     np.testing.assert_array_equal(bound.run(batch), plain.run(batch))
 
@@ -60,7 +60,7 @@ def test_warm_up_covers_the_tile_batch_shapes(model_path: Path) -> None:
         (1, 3, *engine.tile_shape),
     ]
     assert engine.seconds_per_pixel is not None and engine.seconds_per_pixel > 0
-    padded = Engine(Settings(**settings, fixed_batch_shapes=True))
+    padded = Engine(Settings(**settings), fixed_batch_shapes=True)
     assert set(_recorded_warm_up(padded)) == {(4, 3, *padded.tile_shape), (1, 3, *padded.tile_shape)}
     assert padded.describe()["warmup_seconds"] > 0
 

@@ -72,7 +72,7 @@ def strict_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
         self_ensemble=1,
         queue_size=1,
         request_timeout_s=1.0,
-        batching="false",
+        max_batch_size=1,
         retry_after_s=2,
     ).start()
     yield running
@@ -351,7 +351,7 @@ def deadline_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) 
         tile_size=64,
         queue_size=8,
         request_timeout_s=6.0,
-        batching="false",
+        max_batch_size=1,
     ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
