@@ -18,7 +18,7 @@ STAGE2_MINUTES ?= 125
 ABLATION_MINUTES ?= 100
 TRAIN_FLAGS ?= --threads 2 --resume
 
-.PHONY: help serve test lint train train-exposure train-normalised train-noise train-finetune ablation export ship evaluate bench clean
+.PHONY: help serve test lint train train-exposure train-normalised train-noise train-finetune ablation export ship calibrate evaluate bench clean
 
 help:
 	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
@@ -32,6 +32,7 @@ help:
 	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
 	@echo "make export    export CHECKPOINT=$(CHECKPOINT) to MODEL=$(MODEL)"
 	@echo "make ship      export RUN=$(RUN) into model/weights with its training record (0.2 dB rule)"
+	@echo "make calibrate fit the enhancement policy of MODEL on DATA/train and store it in the file"
 	@echo "make evaluate  PSNR/SSIM/NIQE of MODEL on DATA/val with baselines"
 	@echo "make bench     CPU benchmarks"
 
@@ -101,8 +102,13 @@ export: $(VENV)/.dev-installed
 ship: $(VENV)/.dev-installed
 	$(PY) -m training ship --run $(RUN) --checkpoint $(SHIP_CHECKPOINT) --model-version "$(VERSION)" --data $(DATA)
 
+calibrate: $(VENV)/.dev-installed
+	$(PY) -m training calibrate --model $(MODEL) --data $(DATA) --table $(RUNS)/calibration/table.jsonl
+
 evaluate: $(VENV)/.dev-installed
 	$(PY) -m training evaluate --model $(MODEL) --data $(DATA) --split val
+	$(PY) -m training evaluate --model $(MODEL) --data $(DATA) --split val --strength auto --exposures \
+		--no-baselines --no-niqe
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench all

@@ -160,6 +160,9 @@ def test_ship_with_data_writes_a_gated_int8_file_and_without_removes_a_stale_one
         "training-config.json",
     ]
     meta = read_metadata(tmp_path / "frlie-int8.onnx")
+    # The enhancement policy was calibrated on train into both files, the same record in each.
+    policy = read_metadata(tmp_path / "frlie.onnx")["policy"]
+    assert meta["policy"] == policy and "train" in json.loads(policy)["calibration"]["data"]
     record = json.loads(meta["quantization"])
     assert meta["precision"] == "int8" and meta["model_version"] == "test-1"
     assert record["quality_gate"] in ("passed", "failed")

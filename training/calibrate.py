@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import random
 import sys
@@ -41,6 +42,8 @@ from training.evaluate import as_jpeg, resolve_pairs_dir
 from training.inference import pad_image
 from training.metrics import psnr
 from training.onnx_metadata import update_metadata
+
+log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90  # what phones and browsers send
 BRIGHTENINGS = {"low": 1.0, "low x2": 2.0, "low x4": 4.0}
@@ -164,7 +167,8 @@ def reading_knots(rows: Sequence[dict[str, Any]], kind: str) -> tuple[tuple[floa
     knots = []
     for brightening in sorted(BRIGHTENINGS.values())[1:]:
         ratios = [r["ratio"] for r in rows if r["kind"] == kind and r["brightening"] == brightening and r["ratio"]]
-        knots.append((_quantile(ratios, 0.5), brightening))
+        if ratios:  # images too small or flat for a reading give none
+            knots.append((_quantile(ratios, 0.5), brightening))
     return tuple(knots)
 
 
@@ -217,15 +221,7 @@ def fit(
         raise TrainingError("the calibration table has no measured uploads: run the measurement first")
     unchanged_from = _quantile(high_exposures, 0.5)
     knots = {kind: reading_knots(rows, kind) for kind in UPLOAD_KINDS_MEASURED}
-    floors = {
-        kind: sorted(
-            {
-                _quantile([r["ratio"] or 0.0 for r in rows if r["kind"] == kind and r["brightening"] == 1.0], q)
-                for q in FLOOR_QUANTILES
-            }
-        )
-        for kind in UPLOAD_KINDS_MEASURED
-    }
+    floors = {kind: _floor_candidates(rows, kind) for kind in UPLOAD_KINDS_MEASURED}
     best: Candidate | None = None
     for lossless_floor in floors[LOSSLESS]:
         for lossy_floor in floors[LOSSY]:
@@ -268,9 +264,19 @@ def fit(
 UPLOAD_KINDS_MEASURED = (LOSSLESS, LOSSY)
 
 
+def _floor_candidates(rows: Sequence[dict[str, Any]], kind: str) -> list[float]:
+    """Quantiles ``FLOOR_QUANTILES`` of the noise ratios of the train lows of ``kind``."""
+    ratios = [r["ratio"] or 0.0 for r in rows if r["kind"] == kind and r["brightening"] == 1.0]
+    return sorted({_quantile(ratios, q) for q in FLOOR_QUANTILES}) if ratios else [0.0]
+
+
 def _reading(floor: float, knots: tuple[tuple[float, float], ...]) -> NoiseGainReading:
     """The reading from ``floor`` through the knots above it."""
-    return NoiseGainReading(floor, tuple((ratio, gain) for ratio, gain in knots if ratio > floor))
+    kept: list[tuple[float, float]] = []
+    for ratio, gain in knots:  # rising from the floor, in ratio and in gain
+        if ratio > max([floor, *(r for r, _ in kept)]):
+            kept.append((ratio, gain))
+    return NoiseGainReading(floor, tuple(kept))
 
 
 def reference_scores(
@@ -314,18 +320,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    root = resolve_pairs_dir(args.data, "train")
+def calibrate(
+    model: Path, data: Path, table: Path, *, pairs: int = DEFAULT_PAIRS, threads: int = 0, write: bool = True
+) -> PolicyConstants:
+    """Measure (resuming ``table``), fit on ``data``'s train split, and store the policy in ``model``
+    and its quantized siblings (unless ``write`` is false); returns the constants."""
+    root = resolve_pairs_dir(data, "train")
     if root.name != "train":
         raise TrainingError(f"calibration fits on a train split; {root} is not one (pass the lol-pairs root)")
-    if not args.model.is_file():
-        raise TrainingError(f"model file {args.model} does not exist")
-    measure(OnnxNetwork(args.model, args.threads), root, args.pairs, args.table)
-    rows = read_table(args.table)
+    if not model.is_file():
+        raise TrainingError(f"model file {model} does not exist")
+    measure(OnnxNetwork(model, threads), root, pairs, table)
+    rows = read_table(table)
     high_exposures, unchanged = reference_scores(root, rows)
-    best = fit(rows, high_exposures, unchanged, f"lol-pairs/train ({len(high_exposures)} pairs)")
-    print(json.dumps(json.loads(best.constants.to_json()), indent=2))
+    constants = fit(rows, high_exposures, unchanged, f"lol-pairs/train ({len(high_exposures)} pairs)").constants
+    if write:
+        for path in write_policy(model, constants):
+            log.info("wrote the policy into %s", path)
+    return constants
+
+
+def run(args: argparse.Namespace) -> int:
+    constants = calibrate(
+        args.model, args.data, args.table, pairs=args.pairs, threads=args.threads, write=not args.dry_run
+    )
+    print(json.dumps(json.loads(constants.to_json()), indent=2))
     if not args.dry_run:
-        for path in write_policy(args.model, best.constants):
-            print(f"wrote the policy into {path}")
+        print(f"wrote the policy into {args.model} (and its quantized siblings)")
     return 0

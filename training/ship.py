@@ -23,6 +23,7 @@ from typing import Any
 from model.checkpoint import load_weights, read_checkpoint, save_weights
 from model.contract import BUNDLED_MODEL_PATH, ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME, int8_path
 from model.network import FRLIE
+from training.calibrate import calibrate
 from training.errors import TrainingError
 from training.export import checkpoint_metadata, export_onnx
 from training.int8_gate import build_and_gate, describe
@@ -125,8 +126,9 @@ def ship(
     """Export and write the shipped files into ``dest``; returns a summary of what was done.
 
     With ``data`` (a lol-pairs root), the int8 file is made too (calibrated on train/, gated on
-    val/ and this CPU); without it, an int8 file of the previous weights is removed, never kept
-    beside new weights.
+    val/ and this CPU), and the enhancement policy is calibrated on train/ into both files (about
+    half an hour on 2 CPU cores; ``training.calibrate``); without it, an int8 file of the previous
+    weights is removed, never kept beside new weights.
     """
     model, payload = select_checkpoint(run_dir, which)
     new_psnr = payload.get("metrics", {}).get("val_psnr")
@@ -153,6 +155,8 @@ def ship(
         )
         (staging / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
         int8 = build_and_gate(staging / ONNX_NAME, data) if data is not None else None
+        if data is not None:  # the policy belongs to the weights: fitted on train, stored in both files
+            calibrate(staging / ONNX_NAME, data, staging / "calibration.jsonl")
         names = [ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME]
         if int8 is not None:
             names.append(INT8_NAME)
