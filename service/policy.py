@@ -16,7 +16,8 @@ The decision, for ``strength=auto``:
   that was brightened after capture (by the camera or by hand) is noisier, for its brightness, than
   a native dark capture. Per upload kind (lossless, or JPEG/WebP whose codec erases part of the
   noise) the calibration records the noise ratios of native train lows and of their x2 / x4
-  brightenings; the reading interpolates between them, above a floor that native captures stay under.
+  brightenings; the reading interpolates between them, above a floor that native captures stay under,
+  and only for uploads brighter than a gate (the noisiest native captures are also the darkest).
 * **Exposure reference.** A scene (the upload with its digital gain divided out) brighter than the
   darkest the network handles well is darkened to it.
 * **Well exposed.** A scene at least as bright as typical well-exposed photos comes back unchanged,
@@ -50,10 +51,13 @@ NEVER_UNCHANGED = 2.0  # an ``unchanged_from`` no mean luma reaches
 class NoiseGainReading:
     """How much brighter than its capture an upload of one kind looks, from its noise ratio
     (``service.exposure.noise_ratio``): 1 up to ``floor``, then log-log interpolation through
-    ``knots`` (noise ratio, digital gain), continued past the last knot along its last segment."""
+    ``knots`` (noise ratio, digital gain), continued past the last knot along its last segment.
+    Uploads darker than ``min_exposure`` (mean luma) are never read as brightened: the noisiest
+    native captures are also among the darkest, and a brightened copy is brighter than its capture."""
 
     floor: float
     knots: tuple[tuple[float, float], ...] = ()
+    min_exposure: float = 0.0
 
     def __post_init__(self) -> None:
         ratios = [self.floor, *(ratio for ratio, _ in self.knots)]
@@ -61,8 +65,8 @@ class NoiseGainReading:
         if any(b <= a for a, b in pairwise(ratios)) or any(b <= a for a, b in pairwise(gains)):
             raise ValueError(f"noise knots must rise from the floor {self.floor} with gains above 1: {self.knots}")
 
-    def digital_gain(self, ratio: float | None) -> float:
-        if ratio is None or not self.knots or ratio <= self.floor:
+    def digital_gain(self, ratio: float | None, exposure: float = 1.0) -> float:
+        if ratio is None or not self.knots or ratio <= self.floor or exposure < self.min_exposure:
             return 1.0
         log_ratios = [math.log(self.floor), *(math.log(r) for r, _ in self.knots)]
         log_gains = [0.0, *(math.log(g) for _, g in self.knots)]
@@ -92,7 +96,8 @@ class PolicyConstants:
     def to_json(self) -> str:
         data = asdict(self)
         data["readings"] = {
-            kind: {"floor": r.floor, "knots": [list(k) for k in r.knots]} for kind, r in self.readings.items()
+            kind: {"floor": r.floor, "knots": [list(k) for k in r.knots], "min_exposure": r.min_exposure}
+            for kind, r in self.readings.items()
         }
         return json.dumps(data, sort_keys=True)
 
@@ -100,7 +105,9 @@ class PolicyConstants:
     def from_json(cls, text: str) -> PolicyConstants:
         data = json.loads(text)
         readings = {
-            kind: NoiseGainReading(float(r["floor"]), tuple((float(a), float(b)) for a, b in r["knots"]))
+            kind: NoiseGainReading(
+                float(r["floor"]), tuple((float(a), float(b)) for a, b in r["knots"]), float(r.get("min_exposure", 0.0))
+            )
             for kind, r in data["readings"].items()
         }
         missing = set(UPLOAD_KINDS) - set(readings)
@@ -127,7 +134,7 @@ class Reading:
 def policy_gain(constants: PolicyConstants, kind: str, exposure: float, ratio: float | None) -> tuple[float, float]:
     """(digital gain, input gain) for an upload of ``kind`` with this mean luma and noise ratio."""
     # Never read the scene as darker than the darkest LOL-style capture.
-    digital = min(constants.readings[kind].digital_gain(ratio), max(exposure / MIN_SCENE_EXPOSURE, 1.0))
+    digital = min(constants.readings[kind].digital_gain(ratio, exposure), max(exposure / MIN_SCENE_EXPOSURE, 1.0))
     scene = exposure / digital
     darken = constants.exposure_reference / scene if scene > constants.exposure_reference else 1.0
     return digital, float(darken / digital)

@@ -76,6 +76,10 @@ def test_the_noise_reading_is_one_up_to_its_floor_then_follows_its_knots() -> No
     assert 4.0 < reading.digital_gain(0.3) < MAX_DIGITAL_GAIN  # past the last knot: its slope continues
     assert reading.digital_gain(3.0) == MAX_DIGITAL_GAIN
     assert NoiseGainReading(0.0).digital_gain(5.0) == 1.0  # no knots: nothing is ever read
+    gated = NoiseGainReading(0.1, ((0.15, 2.0), (0.25, 4.0)), min_exposure=0.07)
+    assert gated.digital_gain(0.25, exposure=0.06) == 1.0 and gated.digital_gain(0.25, exposure=0.08) == pytest.approx(
+        4.0
+    )
 
 
 @pytest.mark.parametrize("knots", [((0.05, 2.0),), ((0.2, 2.0), (0.15, 4.0)), ((0.2, 4.0), (0.3, 2.0)), ((0.2, 0.5),)])

@@ -51,7 +51,8 @@ GAIN_STEPS = {1.0: 3, 2.0: 5, 4.0: 7}  # gains 2 ** (-j / 2), j < steps: down to
 DEFAULT_PAIRS = 64
 SEED = 0
 HARM_MARGIN_DB = 0.1  # a measured train low may lose at most this much (the shipped test allows 0.2)
-FLOOR_QUANTILES = tuple(np.linspace(0.5, 1.0, 11))  # candidate noise floors: quantiles of train lows
+FLOOR_QUANTILES = tuple(np.linspace(0.5, 1.0, 21))  # candidate noise floors: quantiles of train lows
+GATE_QUANTILES = tuple(np.linspace(0.5, 1.0, 11))  # candidate exposure gates: quantiles of train lows
 REFERENCE_GRID = (0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 1.0)  # candidate exposure references (1: off)
 
 
@@ -175,26 +176,40 @@ def reading_knots(rows: Sequence[dict[str, Any]], kind: str) -> tuple[tuple[floa
 @dataclass(frozen=True)
 class Candidate:
     constants: PolicyConstants
-    mean_psnr: float
+    mean_psnr: float  # over the measured uploads, each kind and brightening weighted alike
     worst_low_loss: float  # dB below the plain network, worst measured low (negative: a gain)
+    rows: dict[str, float]  # mean PSNR per "kind xN" row
 
 
 def score(
-    constants: PolicyConstants, uploads: Sequence[Upload], unchanged_psnr: dict[tuple[str, str, float], float]
+    constants: PolicyConstants,
+    uploads: Sequence[Upload],
+    unchanged_psnr: dict[tuple[str, str, float], float],
 ) -> Candidate:
-    """Mean PSNR of the policy over ``uploads``, and its worst loss against the plain network on lows."""
-    values, worst = [], -math.inf
+    """Mean PSNR of the policy over ``uploads`` (the mean of the per kind and brightening means, so
+    each row counts alike), and its worst loss against the plain network on lows."""
+    groups: dict[str, list[float]] = {}
+    worst = -math.inf
     for upload in uploads:
-        _, gain = policy_gain(constants, upload.kind, upload.exposure, upload.ratio)
-        digital = constants.readings[upload.kind].digital_gain(upload.ratio)
-        if upload.exposure / max(digital, 1.0) >= constants.unchanged_from:
+        digital, gain = policy_gain(constants, upload.kind, upload.exposure, upload.ratio)
+        if upload.exposure / digital >= constants.unchanged_from:
             value = unchanged_psnr[(upload.pair, upload.kind, upload.brightening)]
         else:
             value = upload.psnr(gain)
-        values.append(value)
+        groups.setdefault(f"{upload.kind} x{upload.brightening:g}", []).append(value)
         if upload.brightening == 1.0:
             worst = max(worst, upload.plain - value)
-    return Candidate(constants, float(np.mean(values)), worst)
+    rows = {name: float(np.mean(values)) for name, values in sorted(groups.items())}
+    return Candidate(constants, float(np.mean(list(rows.values()))), worst, rows)
+
+
+def _reading_candidates(rows: Sequence[dict[str, Any]], kind: str) -> list[NoiseGainReading]:
+    """Every reading the grid search tries for ``kind``: floors and exposure gates at quantiles of the
+    train lows' noise ratios and mean lumas, through the knots above the floor."""
+    knots = reading_knots(rows, kind)
+    lows = [r for r in rows if r["kind"] == kind and r["brightening"] == 1.0]
+    gates = sorted({0.0, *(_quantile([r["exposure"] for r in lows], q) for q in GATE_QUANTILES)})
+    return [_reading(floor, knots, gate) for floor in _floor_candidates(rows, kind) for gate in gates]
 
 
 def fit(
@@ -204,7 +219,10 @@ def fit(
     source: str,
 ) -> Candidate:
     """The constants with the best mean PSNR over the measured uploads among those that keep every
-    measured low within ``HARM_MARGIN_DB`` of the plain network (grid search; see the module doc)."""
+    measured low within ``HARM_MARGIN_DB`` of the plain network (grid search; see the module doc).
+
+    The kinds do not interact (an upload is one kind), so for each exposure reference each kind's
+    reading is chosen on its own uploads, then the reference with the best total wins."""
     uploads = [
         Upload(
             r["pair"],
@@ -220,21 +238,28 @@ def fit(
     if not uploads:
         raise TrainingError("the calibration table has no measured uploads: run the measurement first")
     unchanged_from = _quantile(high_exposures, 0.5)
-    knots = {kind: reading_knots(rows, kind) for kind in UPLOAD_KINDS_MEASURED}
-    floors = {kind: _floor_candidates(rows, kind) for kind in UPLOAD_KINDS_MEASURED}
+    candidates = {kind: _reading_candidates(rows, kind) for kind in UPLOAD_KINDS_MEASURED}
     best: Candidate | None = None
-    for lossless_floor in floors[LOSSLESS]:
-        for lossy_floor in floors[LOSSY]:
-            readings = {
-                LOSSLESS: _reading(lossless_floor, knots[LOSSLESS]),
-                LOSSY: _reading(lossy_floor, knots[LOSSY]),
-            }
-            for reference in REFERENCE_GRID:
-                candidate = score(PolicyConstants(readings, reference, unchanged_from), uploads, unchanged_psnr)
-                if candidate.worst_low_loss > HARM_MARGIN_DB:
-                    continue
-                if best is None or candidate.mean_psnr > best.mean_psnr + 1e-9:
-                    best = candidate
+    for reference in REFERENCE_GRID:
+        readings: dict[str, NoiseGainReading] = {}
+        for kind in UPLOAD_KINDS_MEASURED:
+            mine = [u for u in uploads if u.kind == kind]
+            scored = [
+                score(
+                    PolicyConstants(dict.fromkeys(UPLOAD_KINDS_MEASURED, reading), reference, unchanged_from),
+                    mine,
+                    unchanged_psnr,
+                )
+                for reading in candidates[kind]
+            ]
+            allowed = [c for c in scored if c.worst_low_loss <= HARM_MARGIN_DB]
+            if not allowed:
+                break
+            readings[kind] = max(allowed, key=lambda c: c.mean_psnr).constants.readings[kind]
+        else:
+            candidate = score(PolicyConstants(readings, reference, unchanged_from), uploads, unchanged_psnr)
+            if best is None or candidate.mean_psnr > best.mean_psnr + 1e-9:
+                best = candidate
     if best is None:
         raise TrainingError(
             f"no candidate keeps every measured train low within {HARM_MARGIN_DB} dB of the plain network"
@@ -243,14 +268,16 @@ def fit(
     calibration = {
         "data": source,
         "pairs_measured": len(measured),
+        "seed": SEED,
         "rule": (
             "noise knots: medians of the train x2 / x4 uploads' noise ratios per upload kind (PNG; JPEG q90); "
-            "noise floors (quantiles 0.5-1.0 of train lows' ratios) and exposure reference chosen by grid search "
-            f"for the best mean PSNR over the measured train uploads (low, x2, x4; PNG and JPEG q90), keeping every "
-            f"measured low within {HARM_MARGIN_DB} dB of the plain network; unchanged_from: median mean luma of "
-            "the train normal-light images"
+            "per kind a noise floor (quantiles 0.5-1 of the train lows' noise ratios) and an exposure gate "
+            "(quantiles of the train lows' mean luma), and one exposure reference, chosen by grid search for "
+            "the best mean PSNR over the measured train uploads (low, x2, x4; PNG and JPEG q90), keeping every "
+            f"measured low within {HARM_MARGIN_DB} dB of the plain network; unchanged_from: median mean luma "
+            "of the train normal-light images"
         ),
-        "mean_psnr_train": round(best.mean_psnr, 3),
+        "train_rows_psnr": {name: round(value, 3) for name, value in best.rows.items()},
         "worst_low_loss_db_train": round(best.worst_low_loss, 3),
     }
     constants = best.constants
@@ -258,6 +285,7 @@ def fit(
         PolicyConstants(constants.readings, constants.exposure_reference, constants.unchanged_from, calibration),
         best.mean_psnr,
         best.worst_low_loss,
+        best.rows,
     )
 
 
@@ -270,13 +298,13 @@ def _floor_candidates(rows: Sequence[dict[str, Any]], kind: str) -> list[float]:
     return sorted({_quantile(ratios, q) for q in FLOOR_QUANTILES}) if ratios else [0.0]
 
 
-def _reading(floor: float, knots: tuple[tuple[float, float], ...]) -> NoiseGainReading:
-    """The reading from ``floor`` through the knots above it."""
+def _reading(floor: float, knots: tuple[tuple[float, float], ...], gate: float = 0.0) -> NoiseGainReading:
+    """The reading from ``floor`` through the knots above it, for uploads at least ``gate`` bright."""
     kept: list[tuple[float, float]] = []
     for ratio, gain in knots:  # rising from the floor, in ratio and in gain
         if ratio > max([floor, *(r for r, _ in kept)]):
             kept.append((ratio, gain))
-    return NoiseGainReading(floor, tuple(kept))
+    return NoiseGainReading(floor, tuple(kept), gate)
 
 
 def reference_scores(
