@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -21,9 +21,10 @@ from service import ensemble, imageio
 from service.admission import Cost
 from service.batcher import Batcher, BatchReport
 from service.engine import Engine
+from service.exposure import estimate_exposure
 from service.imageio import OutputFormat, OutputSpec
 from service.metrics import Metrics
-from service.policy import Policy
+from service.policy import Policy, thumbnail, thumbnail_factor
 from service.settings import Settings
 from service.strength import AUTO, Strength
 from service.tiling import extract_tile, stitch_tile
@@ -143,11 +144,14 @@ class Pipeline:
                 future.cancel()
         return _Pass(output, len(plan.tiles), plan.describe(), reports)
 
-    def cost(self, height: int, width: int, passes: int) -> Cost:
-        """What enhancing an image of this size in ``passes`` self-ensemble passes will take, from its
-        plan and the measured throughput."""
-        plan = self.engine.plan(height, width)
-        return Cost(height * width, self.engine.predicted_seconds(passes * plan.computed_pixels))
+    def cost(self, height: int, width: int, passes: int, probe: bool = False) -> Cost:
+        """What enhancing an image of this size in ``passes`` self-ensemble passes (after a thumbnail
+        run, with ``probe``) will take, from its plan and the measured throughput."""
+        computed = passes * self.engine.plan(height, width).computed_pixels
+        if probe:
+            factor = thumbnail_factor(height, width)
+            computed += self.engine.plan(height // factor, width // factor).computed_pixels
+        return Cost(height * width, self.engine.predicted_seconds(computed))
 
     async def process(
         self,
@@ -172,14 +176,26 @@ class Pipeline:
             strength=strength,
             passes=self.engine.ensemble_passes(decoded.height, decoded.width),
         )
-        if not plan.runs_model:  # the upload itself: no model call at all
-            enhancement = Enhancement(decoded.rgb, 0, 0.0)
-        else:
-            with (admit or _admit_everything)(self.cost(decoded.height, decoded.width, plan.passes)):
-                enhancement = await self.enhance_pixels(decoded.rgb, gain=plan.gain, passes=plan.passes)
+        enhancement, applied = Enhancement(decoded.rgb, 0, 0.0), plan.strength  # no model call at all
+        if plan.runs_model:
+            with (admit or _admit_everything)(self.cost(decoded.height, decoded.width, plan.passes, plan.needs_probe)):
+                if plan.needs_probe:  # the reading waits for the network's answer to a thumbnail
+                    probe = await self.enhance_pixels(thumbnail(decoded.rgb), np.float32)
+                    luma = await asyncio.to_thread(estimate_exposure, probe.pixels)
+                    plan = self.policy.settle(plan, luma, lossy=decoded.lossy, strength=strength)
+                    enhancement = Enhancement(decoded.rgb, probe.tiles, probe.inference_seconds)
+                    applied = plan.strength
+                if plan.runs_model:
+                    full = await self.enhance_pixels(decoded.rgb, gain=plan.gain, passes=plan.passes)
+                    enhancement = replace(
+                        full,
+                        tiles=full.tiles + enhancement.tiles,
+                        inference_seconds=full.inference_seconds + enhancement.inference_seconds,
+                    )
             self.metrics.tiles_per_request.observe(enhancement.tiles)
             self.metrics.pixels_processed.inc(decoded.height * decoded.width)
-            await asyncio.to_thread(self.policy.finish, plan, enhancement.pixels, decoded.rgb)
+            if plan.runs_model:
+                applied = await asyncio.to_thread(self.policy.finish, plan, enhancement.pixels, decoded.rgb)
         alpha, icc_profile = decoded.alpha, decoded.icc_profile
         del decoded  # the input pixels are not needed while encoding; free them first
         encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
@@ -188,7 +204,7 @@ class Pipeline:
             spec,
             enhancement.tiles,
             enhancement.inference_seconds,
-            plan.strength,
+            applied,
             plan.gain,
             plan.reading.digital_gain,
             enhancement.plan,

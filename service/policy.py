@@ -20,9 +20,15 @@ The decision, for ``strength=auto``:
   and only for uploads brighter than a gate (the noisiest native captures are also the darkest).
 * **Exposure reference.** A scene (the upload with its digital gain divided out) brighter than the
   darkest the network handles well is darkened to it.
-* **Well exposed.** A scene at least as bright as typical well-exposed photos comes back unchanged,
-  without running the model; anything darker gets the network's full answer (no blend: mixing the
-  upload back in only ever lowered PSNR against a normal-light reference).
+* **Probe.** Before any darkening, the network answers a thumbnail of the upload as it is; only an
+  answer brighter than most answers to native train lows confirms it (the noise of a few native
+  captures is unlike any train low's, and some lows above the reference are already answered at
+  their reference's brightness).
+* **Well exposed.** A scene at least as bright as typical well-exposed photos (the median train
+  normal-light image) comes back unchanged, without running the model. A clean scene between the
+  exposure reference and that line (a dim but normally lit photo) gets the network's answer blended
+  with the upload until it is no brighter than that line: the network, which learned to brighten
+  dark captures, would otherwise blow it out. Darker uploads get the network's full answer.
 
 A number from 0 to 1 as the strength blends the upload (0) with the model output (1) per pixel.
 """
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -86,6 +92,12 @@ class PolicyConstants:
     exposure_reference: float  # scene mean luma above which the input is darkened to it (>= 1: off)
     unchanged_from: float  # scene mean luma from which auto returns the upload unchanged (``NEVER_UNCHANGED``: never)
     calibration: dict[str, Any] = field(default_factory=dict)
+    # An upload read as brightened keeps that reading only if the network's answer to it as it is
+    # (on a thumbnail) is at least this bright (mean luma; 0: no check, no thumbnail run).
+    probe_luma: float = 0.0
+    # Clean scenes brighter than the exposure reference, and brighter than this, have their answer
+    # capped at ``unchanged_from`` (``NEVER_UNCHANGED``: never).
+    cap_from: float = NEVER_UNCHANGED
 
     @classmethod
     def uncalibrated(cls) -> PolicyConstants:
@@ -114,7 +126,12 @@ class PolicyConstants:
         if missing:
             raise ValueError(f"policy metadata lacks the reading for {sorted(missing)}")
         return cls(
-            readings, float(data["exposure_reference"]), float(data["unchanged_from"]), data.get("calibration", {})
+            readings,
+            float(data["exposure_reference"]),
+            float(data["unchanged_from"]),
+            data.get("calibration", {}),
+            float(data.get("probe_luma", 0.0)),
+            float(data.get("cap_from", NEVER_UNCHANGED)),
         )
 
 
@@ -131,8 +148,15 @@ class Reading:
         return self.exposure / self.digital_gain
 
 
-def policy_gain(constants: PolicyConstants, kind: str, exposure: float, ratio: float | None) -> tuple[float, float]:
-    """(digital gain, input gain) for an upload of ``kind`` with this mean luma and noise ratio."""
+def policy_gain(
+    constants: PolicyConstants, kind: str, exposure: float, ratio: float | None, probe_luma: float | None = None
+) -> tuple[float, float]:
+    """(digital gain, input gain) for an upload of ``kind`` with this mean luma and noise ratio, and
+    (``probe_luma``) the mean luma of the network's answer to its thumbnail as it is: an upload whose
+    answer is darker than ``constants.probe_luma`` is not darkened at all (neither read as brightened
+    nor brought down to the exposure reference)."""
+    if probe_luma is not None and probe_luma < constants.probe_luma:
+        return 1.0, 1.0
     # Never read the scene as darker than the darkest LOL-style capture.
     digital = min(constants.readings[kind].digital_gain(ratio, exposure), max(exposure / MIN_SCENE_EXPOSURE, 1.0))
     scene = exposure / digital
@@ -146,9 +170,14 @@ class Plan:
 
     reading: Reading
     gain: float  # what the upload is multiplied by before the network (1: not darkened)
-    strength: float  # applied: 0 is the upload unchanged (no model run), 1 the model output
+    strength: float  # the most applied: 0 is the upload unchanged (no model run), 1 the model output
     passes: int  # self-ensemble passes (service.ensemble); 0 when the model does not run
     gray: bool  # a black-and-white upload: the answer is made gray again
+    # A clean scene brighter than the exposure reference: the answer is blended back with the upload
+    # until its mean luma is at most this (None: no cap).
+    brightness_cap: float | None = None
+    # The reading is provisional until the network's answer to a thumbnail confirms it (``settle``).
+    needs_probe: bool = False
 
     @property
     def runs_model(self) -> bool:
@@ -161,36 +190,84 @@ class Policy:
     def __init__(self, constants: PolicyConstants) -> None:
         self.constants = constants
 
-    def read(self, upload: np.ndarray, kind: str) -> Reading:
-        exposure = estimate_exposure(upload)
-        ratio = noise_ratio(upload)
-        digital, _ = policy_gain(self.constants, kind, exposure, ratio)
-        return Reading(exposure, ratio, digital)
-
     def plan(self, upload: np.ndarray, *, lossy: bool, grayscale: bool, strength: Strength, passes: int) -> Plan:
         """The plan for an H x W x 3 upload (uint8, or float in [0, 1]); ``passes`` is what the host's
-        self-ensemble budget gives its size."""
+        self-ensemble budget gives its size. Under ``auto``, an upload the policy would darken needs a
+        thumbnail run before its plan is final (``needs_probe``, then ``settle``)."""
+        if strength != AUTO and not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"strength must be 'auto' or a number from 0 to 1, got {strength!r}")
         kind = LOSSY if lossy else LOSSLESS
-        reading = self.read(upload, kind)
-        _, gain = policy_gain(self.constants, kind, reading.exposure, reading.noise_ratio)
+        exposure, ratio = estimate_exposure(upload), noise_ratio(upload)
+        plan = self._decide(kind, exposure, ratio, None, grayscale, strength, passes)
+        probe = strength == AUTO and plan.runs_model and plan.gain < 1.0 and self.constants.probe_luma > 0.0
+        return replace(plan, needs_probe=probe)
+
+    def settle(self, plan: Plan, probe_luma: float, *, lossy: bool, strength: Strength) -> Plan:
+        """The final plan once the network's answer to the upload's thumbnail (at gain 1) is known to
+        have mean luma ``probe_luma``."""
+        kind = LOSSY if lossy else LOSSLESS
+        reading = plan.reading
+        return self._decide(kind, reading.exposure, reading.noise_ratio, probe_luma, plan.gray, strength, plan.passes)
+
+    def _decide(
+        self,
+        kind: str,
+        exposure: float,
+        ratio: float | None,
+        probe_luma: float | None,
+        grayscale: bool,
+        strength: Strength,
+        passes: int,
+    ) -> Plan:
+        constants = self.constants
+        digital, gain = policy_gain(constants, kind, exposure, ratio, probe_luma)
+        reading = Reading(exposure, ratio, digital)
         if strength == AUTO:
-            applied = 0.0 if reading.scene_exposure >= self.constants.unchanged_from else 1.0
+            applied = 0.0 if reading.scene_exposure >= constants.unchanged_from else 1.0
         else:
             applied = float(strength)
-            if not 0.0 <= applied <= 1.0:
-                raise ValueError(f"strength must be 'auto' or a number from 0 to 1, got {strength!r}")
         if applied <= 0.0:
             return Plan(reading, 1.0, 0.0, 0, grayscale)
-        return Plan(reading, gain, applied, passes, grayscale)
+        capped = (
+            strength == AUTO and digital == 1.0 and exposure > max(constants.exposure_reference, constants.cap_from)
+        )
+        return Plan(reading, gain, applied, passes, grayscale, constants.unchanged_from if capped else None)
 
     @staticmethod
-    def finish(plan: Plan, enhanced: np.ndarray, upload: np.ndarray) -> None:
-        """Turn the full-strength model output ``enhanced`` into the answer, in place."""
-        blend_into(enhanced, upload, plan.strength)
+    def finish(plan: Plan, enhanced: np.ndarray, upload: np.ndarray) -> float:
+        """Turn the full-strength model output ``enhanced`` into the answer, in place; returns the
+        strength applied (below the plan's where the brightness cap blends the upload back in)."""
+        strength = plan.strength
+        if plan.brightness_cap is not None:
+            exposure, answer = plan.reading.exposure, estimate_exposure(enhanced)
+            if answer > plan.brightness_cap > exposure:  # the blend is linear in mean luma
+                strength = min(strength, (plan.brightness_cap - exposure) / (answer - exposure))
+        blend_into(enhanced, upload, strength)
         if plan.gray:  # the network would tint a black-and-white photo
             make_gray(enhanced)
+        return strength
 
     def describe(self) -> dict[str, Any]:
         """For /readyz: the constants and where they came from."""
         described: dict[str, Any] = json.loads(self.constants.to_json())
         return described
+
+
+THUMBNAIL_SIDE = 256  # the longest side of the copy the probe runs the network on
+
+
+def thumbnail_factor(height: int, width: int, side: int = THUMBNAIL_SIDE) -> int:
+    """The whole factor ``thumbnail`` shrinks an image of this size by."""
+    return max(1, math.ceil(max(height, width) / side))
+
+
+def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """``image`` (H x W x 3, uint8 or float) shrunk by a whole factor (block means) to a longest side
+    of at most ``side``: enough to see how bright the network's answer is, at a small cost."""
+    factor = thumbnail_factor(image.shape[0], image.shape[1], side)
+    if factor == 1:
+        return image
+    height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor, 3)
+    small: np.ndarray = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return np.rint(small).astype(np.uint8) if image.dtype == np.uint8 else small

@@ -12,6 +12,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -277,3 +278,44 @@ def test_a_brightened_low_light_photo_is_darkened_back_before_the_network(lol_pa
         ratios.append(plan.gain * 4.0)
         assert noise_ratio(low) is not None
     assert 0.5 < float(np.median(ratios)) < 1.5, ratios
+
+
+def test_a_brightening_reading_stands_only_if_the_answer_to_a_thumbnail_is_bright(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """With a probe threshold no answer reaches, an upload read as brightened gets one thumbnail run
+    and then the plan of an upload that was not brightened; the answer is the model at that gain."""
+    strict = replace(TEST_CONSTANTS, probe_luma=0.99)
+    path = export_tiny_model(tmp_path)
+    write_policy(path, strict)
+    image = _lifted(dark_image(80, 120, seed=21), 2.6)  # read as brightened; as it is, under the unchanged line
+    plan = Policy(strict).plan(image, lossy=False, grayscale=False, strength=AUTO, passes=1)
+    assert plan.needs_probe and plan.reading.digital_gain > 2.0
+    settled = Policy(strict).settle(plan, 0.5, lossy=False, strength=AUTO)
+    assert not settled.needs_probe and settled.reading.digital_gain == 1.0 and settled.gain > plan.gain
+    assert settled.runs_model
+    server = ServerProcess(path, tmp_path / "probe.log", tile_size=64).start()
+    try:
+        answer, headers = _post(server, encode_image(image, "PNG"), "in.png")
+        assert headers["x-digital-gain"] == "1.00"
+        assert float(headers["x-exposure-gain"]) == pytest.approx(settled.gain, abs=1e-3)
+        np.testing.assert_array_equal(answer, reference_enhance(path, image, gain=settled.gain))
+        # The thumbnail is one more model input than the image's own tiles (strength 1 runs no probe).
+        _, plain = _post(server, encode_image(image, "PNG"), "in.png", strength="1")
+        assert int(headers["x-tile-count"]) == int(plain["x-tile-count"]) + 1
+    finally:
+        assert server.stop() in GRACEFUL_EXIT_CODES
+
+
+def test_the_answer_to_a_dim_clean_photo_is_capped_at_the_well_exposed_line() -> None:
+    capped = replace(TEST_CONSTANTS, cap_from=0.25)
+    photo = np.clip(dark_image(60, 90, seed=5, noise=0.3).astype(np.int16) * 2 + 20, 0, 255).astype(np.uint8)
+    plan = Policy(capped).plan(photo, lossy=False, grayscale=False, strength=AUTO, passes=1)
+    assert plan.reading.digital_gain == 1.0 and plan.brightness_cap == capped.unchanged_from
+    blown_out = np.full_like(photo, 230)
+    applied = Policy.finish(plan, blown_out, photo)
+    assert 0.0 < applied < 1.0
+    assert estimate_exposure(blown_out) == pytest.approx(capped.unchanged_from, abs=0.01)
+    # Without the cap (or asked for by number) the answer is the model's.
+    uncapped = Policy(TEST_CONSTANTS).plan(photo, lossy=False, grayscale=False, strength=AUTO, passes=1)
+    assert uncapped.brightness_cap is None
