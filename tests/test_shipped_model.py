@@ -70,3 +70,11 @@ def test_shipped_onnx_meets_the_quality_bar_on_val(lol_pairs: Path) -> None:
     claimed = json.loads(read_metadata(ONNX_FILE)["validation_metrics"])
     assert mean["psnr"] == pytest.approx(claimed["val_psnr"], abs=0.01)
     assert mean["ssim"] == pytest.approx(claimed["val_ssim"], abs=0.001)
+
+
+def test_the_model_card_stays_short() -> None:
+    """What ships, how it was trained and calibrated, the results and the limits; the release history
+    and the experiments that were not adopted live in docs/model-history.md."""
+    card = (WEIGHTS_DIR.parent / "MODEL_CARD.md").read_text()
+    assert len(card.splitlines()) <= 200
+    assert "](../docs/model-history.md)" in card and (WEIGHTS_DIR.parents[1] / "docs" / "model-history.md").is_file()

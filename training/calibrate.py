@@ -275,7 +275,11 @@ def fit(
                 )
                 for reading in candidates[kind]
             ]
-            allowed = [c for c in scored if c.worst_low_loss <= HARM_MARGIN_DB]
+            allowed = [
+                c
+                for c in scored
+                if c.worst_low_loss <= HARM_MARGIN_DB and not _darkens_a_train_low(c.constants, rows, kind)
+            ]
             if not allowed:
                 break
             readings[kind] = max(allowed, key=lambda c: c.mean_psnr).constants.readings[kind]
@@ -298,7 +302,8 @@ def fit(
             "per kind a noise floor (quantiles 0.5-1 of the train lows' noise ratios) and an exposure gate "
             "(quantiles of the train lows' mean luma), and one exposure reference, chosen by grid search for "
             "the best mean PSNR over the measured train uploads (low, x2, x4; PNG and JPEG q90), keeping every "
-            f"measured low within {HARM_MARGIN_DB} dB of the plain network; probe_luma: quantile {PROBE_QUANTILE} of "
+            f"measured low within {HARM_MARGIN_DB} dB of the plain network and no train low (measured or not) "
+            f"darkened at all; probe_luma: quantile {PROBE_QUANTILE} of "
             "the network's answers to the measured train lows' thumbnails (an upload is darkened only when its "
             "answer is brighter); unchanged_from: median mean luma of the train normal-light images; cap_from: "
             "the brightest train low (no low-light capture is capped)"
@@ -316,6 +321,17 @@ def fit(
 
 
 UPLOAD_KINDS_MEASURED = (LOSSLESS, LOSSY)
+
+
+def _darkens_a_train_low(constants: PolicyConstants, rows: Sequence[dict[str, Any]], kind: str) -> bool:
+    """Whether the policy (before its probe) would darken any train low of ``kind``, measured or not:
+    the PSNR ladder covers a sample, and lows outside it lost up to 9 dB to a policy fitted on it
+    alone, so no native train capture may be read as brightened or too bright."""
+    return any(
+        policy_gain(constants, kind, r["exposure"], r["ratio"])[1] < 1.0
+        for r in rows
+        if r["kind"] == kind and r["brightening"] == 1.0
+    )
 
 
 def _floor_candidates(rows: Sequence[dict[str, Any]], kind: str) -> list[float]:
