@@ -103,14 +103,12 @@ def open_model(settings: Settings) -> tuple[ort.InferenceSession, Path]:
 def _policy_constants(metadata: dict[str, str], path: Path) -> PolicyConstants:
     """The calibrated policy stored in the model file (``training calibrate``); without one, the plain
     network (logged, and visible in /readyz)."""
-    text = metadata.get(contract.POLICY)
-    if text is None:
+    if contract.POLICY not in metadata:
         log.warning("%s carries no calibrated policy (`python -m training calibrate`): plain network", path.name)
-        return PolicyConstants.uncalibrated()
     try:
-        return PolicyConstants.from_json(text)
-    except (ValueError, KeyError, TypeError) as error:
-        raise ModelFileError(f"{path} has an unreadable {contract.POLICY} record: {error}") from error
+        return PolicyConstants.from_metadata(metadata)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: {error}") from error
 
 
 class Engine:

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
+from model.contract import POLICY
 from service.exposure import MAX_DIGITAL_GAIN, MIN_SCENE_EXPOSURE, estimate_exposure, noise_ratio
 from service.imageio import make_gray
 from service.strength import AUTO, Strength, blend_into
@@ -112,6 +114,18 @@ class PolicyConstants:
             for kind, r in self.readings.items()
         }
         return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> PolicyConstants:
+        """The record in a model file's metadata (``model.contract.POLICY``); without one, the plain
+        network. Raises ValueError for a record that cannot be read."""
+        text = metadata.get(POLICY)
+        if text is None:
+            return cls.uncalibrated()
+        try:
+            return cls.from_json(text)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"unreadable {POLICY} record: {error}") from error
 
     @classmethod
     def from_json(cls, text: str) -> PolicyConstants:
@@ -246,11 +260,6 @@ class Policy:
         if plan.gray:  # the network would tint a black-and-white photo
             make_gray(enhanced)
         return strength
-
-    def describe(self) -> dict[str, Any]:
-        """For /readyz: the constants and where they came from."""
-        described: dict[str, Any] = json.loads(self.constants.to_json())
-        return described
 
 
 THUMBNAIL_SIDE = 256  # the longest side of the copy the probe runs the network on

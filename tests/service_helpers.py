@@ -17,7 +17,6 @@ from PIL import Image
 
 import bench.server
 from bench.service_config import setting_env
-from model.contract import POLICY
 from service.ensemble import passes_for
 from service.policy import Policy, PolicyConstants
 from service.settings import Settings
@@ -86,8 +85,7 @@ def reference_enhance(
 
 def model_policy(session: ort.InferenceSession) -> Policy:
     """The policy a model file carries (the plain network where it carries none)."""
-    text = session.get_modelmeta().custom_metadata_map.get(POLICY)
-    return Policy(PolicyConstants.uncalibrated() if text is None else PolicyConstants.from_json(text))
+    return Policy(PolicyConstants.from_metadata(session.get_modelmeta().custom_metadata_map))
 
 
 def _run_whole(session: ort.InferenceSession, image: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from model import contract
 from service.exposure import estimate_exposure, noise_ratio
-from service.policy import LOSSLESS, LOSSY, NoiseGainReading, PolicyConstants, policy_gain, thumbnail
+from service.policy import LOSSLESS, LOSSY, UPLOAD_KINDS, NoiseGainReading, PolicyConstants, policy_gain, thumbnail
 from training.data import EXPOSURE_VARIANTS, list_pairs, load_rgb
 from training.errors import TrainingError
 from training.evaluate import as_jpeg, resolve_pairs_dir
@@ -252,18 +252,18 @@ def fit(
         raise TrainingError("the calibration table has no measured uploads: run the measurement first")
     unchanged_from = _quantile(high_exposures, 0.5)
     cap_from = max(r["exposure"] for r in rows if r["brightening"] == 1.0)
-    candidates = {kind: _reading_candidates(rows, kind) for kind in UPLOAD_KINDS_MEASURED}
+    candidates = {kind: _reading_candidates(rows, kind) for kind in UPLOAD_KINDS}
     low_probes = [u.probe_luma for u in uploads if u.brightening == 1.0 and u.probe_luma is not None]
     probe = _quantile(low_probes, PROBE_QUANTILE) if low_probes else 0.0
     best: Candidate | None = None
     for reference in REFERENCE_GRID:
         readings: dict[str, NoiseGainReading] = {}
-        for kind in UPLOAD_KINDS_MEASURED:
+        for kind in UPLOAD_KINDS:
             mine = [u for u in uploads if u.kind == kind]
             scored = [
                 score(
                     PolicyConstants(
-                        dict.fromkeys(UPLOAD_KINDS_MEASURED, reading),
+                        dict.fromkeys(UPLOAD_KINDS, reading),
                         reference,
                         unchanged_from,
                         {},
@@ -318,9 +318,6 @@ def fit(
         best.worst_low_loss,
         best.rows,
     )
-
-
-UPLOAD_KINDS_MEASURED = (LOSSLESS, LOSSY)
 
 
 def _darkens_a_train_low(constants: PolicyConstants, rows: Sequence[dict[str, Any]], kind: str) -> bool:
