@@ -73,13 +73,18 @@ def reference_enhance(
     scaled = rgb.astype(np.float32) / np.float32(255.0)
     if gain != 1.0:  # the same two float32 steps as service.tiling.extract_tile, so the pixels are identical
         scaled *= np.float32(gain)
-    total: np.ndarray | None = None
-    for forward, inverse in REFERENCE_ORIENTATIONS[:passes]:
-        answer = inverse(_run_whole(session, forward(scaled)))
-        total = answer.copy() if total is None else total + answer  # in pass order, as the service sums
-    assert total is not None
+    answers = [
+        np.ascontiguousarray(inverse(_run_whole(session, forward(scaled))))
+        for forward, inverse in REFERENCE_ORIENTATIONS[:passes]
+    ]
+    total = answers[0].copy()
+    for answer in answers[1:]:
+        total += answer  # in pass order, as the service sums
     if passes > 1:
         total /= np.float32(passes)
+        # The mean keeps the upright pass's tone: per-channel means scaled back to its own.
+        upright, averaged = (image.reshape(-1, 3).mean(axis=0, dtype=np.float64) for image in (answers[0], total))
+        total *= (upright / averaged).astype(np.float32)
     return np.rint(np.clip(total, 0, 1) * 255).astype(np.uint8)
 
 

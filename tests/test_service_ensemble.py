@@ -81,8 +81,24 @@ def test_average_turns_each_answer_back_before_the_mean() -> None:
     assert rounded.dtype == np.uint8
     np.testing.assert_array_equal(rounded, np.rint(truth * 255).astype(np.uint8))
     # Out-of-range model values are clipped only after the mean, as a single pass clips its own.
-    over = [np.full((2, 2, 3), value, np.float32) for value in (1.2, 0.6)]
-    np.testing.assert_array_equal(ensemble.average(over, used[:2]), np.full((2, 2, 3), 230, np.uint8))
+    over = np.array([[[1.3] * 3, [0.5] * 3]], np.float32)
+    passes = [over, over[:, ::-1] + np.float32(0.1)]  # the second pass is off by +0.1 where the first is 1.3
+    # mean (1.35, 0.55), scaled to the upright pass's mean 0.9 (from 0.95): (1.279 -> 255, 0.521 -> 133)
+    np.testing.assert_array_equal(ensemble.average(passes, used[:2]), np.array([[[255] * 3, [133] * 3]], np.uint8))
+
+
+def test_the_mean_keeps_the_tone_of_the_upright_pass() -> None:
+    """Flipped passes that come back darker as a whole (lol-pairs train/6) average their noise away
+    but do not move the answer's per-channel means off the upright pass's."""
+    rng = np.random.default_rng(1)
+    scene = rng.random((32, 48, 3), dtype=np.float32) * 0.5 + 0.25
+    used = ensemble.orientations(4)
+    noisy = [scene + rng.normal(0.0, 0.05, scene.shape).astype(np.float32) for _ in used]
+    darker = [noisy[0]] + [answer * np.float32(0.9) for answer in noisy[1:]]
+    answers = [np.ascontiguousarray(o.forward(answer)) for o, answer in zip(used, darker, strict=True)]
+    mean = ensemble.average(answers, used, np.float32)
+    np.testing.assert_allclose(ensemble.channel_means(mean), ensemble.channel_means(noisy[0]), rtol=1e-5)
+    assert np.abs(mean - scene).mean() < 0.6 * np.abs(noisy[0] - scene).mean()  # the noise still averages out
 
 
 def test_an_empty_mean_is_an_error_not_a_black_image() -> None:
