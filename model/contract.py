@@ -33,6 +33,7 @@ BUNDLED_MODEL_PATH = WEIGHTS_DIR / ONNX_NAME
 # records the method and whether the int8 file met the quality gate against its fp32 model.
 QUANTIZATION = "quantization"
 INT8_SUFFIX = "-int8"
+FP16_SUFFIX = "-fp16"  # for GPUs; its QUANTIZATION record carries its own quality gate
 QUALITY_GATE = "quality_gate"
 GATE_PASSED = "passed"
 
@@ -44,3 +45,8 @@ POLICY = "policy"
 def int8_path(model_path: Path) -> Path:
     """Where the int8 version of an fp32 model file lives."""
     return model_path.with_name(f"{model_path.stem}{INT8_SUFFIX}{model_path.suffix}")
+
+
+def fp16_path(model_path: Path) -> Path:
+    """Where the fp16 version of an fp32 model file lives."""
+    return model_path.with_name(f"{model_path.stem}{FP16_SUFFIX}{model_path.suffix}")

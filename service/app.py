@@ -105,7 +105,7 @@ class ServiceState:
             log.exception("loading the model failed")
             self.load_error = f"{type(error).__name__}: {error}"
             return
-        self.metrics.model_info.info({"version": engine.model_version, "provider": engine.provider})
+        self.metrics.record_precision(engine.model_version, engine.provider, engine.precision_report)
         self.pipeline = Pipeline(engine, self.settings, self.metrics)
         log.info("ready: model %s on %s", engine.model_version, engine.providers)
 

@@ -20,7 +20,8 @@ from model import contract
 from service.ensemble import passes_for
 from service.memory import measure_peak_growth, return_freed_buffers_to_the_os
 from service.policy import PolicyConstants
-from service.settings import CPU_PROVIDER, DEFAULT_GPU_TILE_SIZE, Settings
+from service.precision import PrecisionReport, open_precision
+from service.settings import DEFAULT_GPU_TILE_SIZE, Settings
 from service.throughput import ThroughputEstimate
 from service.tiling import TilePlan, plan_tiles, plan_within_budget, tile_window_shape
 
@@ -64,40 +65,22 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return options
 
 
-def _passed_quality_gate(session: ort.InferenceSession) -> bool:
-    """Whether an int8 file records that it met its quality gate against the fp32 model."""
-    record = session.get_modelmeta().custom_metadata_map.get(contract.QUANTIZATION, "{}")
-    try:
-        return bool(json.loads(record).get(contract.QUALITY_GATE) == contract.GATE_PASSED)
-    except (ValueError, AttributeError):
-        return False
-
-
-def open_model(settings: Settings) -> tuple[ort.InferenceSession, Path]:
-    """The ORT session FRLIE_PRECISION asks for, and the file it runs.
-
-    ``auto`` runs the int8 sibling only where it pays: on the CPU provider (integer kernels are
-    CPU kernels), and only if the file passed its quality gate when it was made.
-    """
-    fp32_path, int8_file = settings.model_path, contract.int8_path(settings.model_path)
+def open_model(settings: Settings) -> tuple[ort.InferenceSession, Path, PrecisionReport]:
+    """The ORT session FRLIE_PRECISION asks for, the file it runs, and how that file was chosen
+    (``auto``: a start-up race of the files whose quality gate passed, service.precision)."""
     options, providers = session_options(settings), _provider_list(settings)
-    if settings.precision == "int8":
-        if not int8_file.is_file():
+
+    def open_session(path: Path) -> ort.InferenceSession:
+        if path == settings.model_path and not path.is_file():
+            raise ModelFileError(missing_model_message(path))
+        if not path.is_file():
             raise ModelFileError(
-                f"FRLIE_PRECISION=int8 but {int8_file} does not exist: make it with "
-                f"`python -m training export --int8` (or `ship`), or set FRLIE_PRECISION=fp32"
+                f"FRLIE_PRECISION={settings.precision} but {path} does not exist: make it with `python -m "
+                f"training ship --data DIR` (or `export --int8 / --fp16`), or set FRLIE_PRECISION=auto"
             )
-        return ort.InferenceSession(str(int8_file), options, providers=providers), int8_file
-    if not fp32_path.is_file():
-        raise ModelFileError(missing_model_message(fp32_path))
-    session = ort.InferenceSession(str(fp32_path), options, providers=providers)
-    if settings.precision == "auto" and session.get_providers()[0] == CPU_PROVIDER and int8_file.is_file():
-        candidate = ort.InferenceSession(str(int8_file), options, providers=providers)
-        if _passed_quality_gate(candidate):
-            log.info("the CPU runs the model: using %s (int8)", int8_file.name)
-            return candidate, int8_file
-        log.warning("%s did not pass its quality gate against fp32: running %s", int8_file.name, fp32_path.name)
-    return session, fp32_path
+        return ort.InferenceSession(str(path), options, providers=providers)
+
+    return open_precision(settings.model_path, settings.precision, open_session)
 
 
 def _policy_constants(metadata: dict[str, str], path: Path) -> PolicyConstants:
@@ -120,7 +103,7 @@ class Engine:
         """``io_binding`` (ORT writes straight into the output buffer) and ``fixed_batch_shapes`` (every
         batch padded to its size limit, so the device only sees warmed-up shapes) are measurement
         switches for the benchmarks and tests; unset, each is on when a GPU runs the model."""
-        self.session, path = open_model(settings)
+        self.session, path, self.precision_report = open_model(settings)
         self.model_file = path
         self.providers: list[str] = self.session.get_providers()
         if self.providers[0] != settings.providers[0]:
@@ -298,6 +281,7 @@ class Engine:
             "providers": self.providers,
             "precision": self.precision,
             "model_file": self.model_file.name,
+            "precision_choice": self.precision_report.as_dict(),
             "receptive_radius": self.receptive_radius,
             "size_multiple": self.size_multiple,
             "tiling": "cost-aware" if self.cost_aware else "fixed",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 
+from service.precision import PrecisionReport
+
 # Requests take from ~10 ms (a thumbnail on a GPU) to about a minute (a huge image on a CPU).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 # A single ORT call or a queue wait: from under a millisecond to tens of seconds.
@@ -76,7 +78,26 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.model_info = Info(f"{PREFIX}_model", "The loaded model and the execution provider running it.", registry=r)
+        self.model_info = Info(
+            f"{PREFIX}_model",
+            "The loaded model, the execution provider running it, and the precision chosen (FRLIE_PRECISION).",
+            registry=r,
+        )
+        self.precision_race_seconds = Gauge(
+            f"{PREFIX}_precision_race_seconds",
+            "Seconds per call of each model file raced at start-up (FRLIE_PRECISION=auto) on the race window.",
+            ["precision"],
+            registry=r,
+        )
+
+    def record_precision(self, version: str, provider: str, report: PrecisionReport) -> None:
+        """The model and its precision choice (service.precision), for dashboards and alerts."""
+        self.model_info.info(
+            {"version": version, "provider": provider, "precision": report.choice, "precision_mode": report.mode}
+        )
+        for candidate in report.candidates:
+            if candidate.seconds is not None:
+                self.precision_race_seconds.labels(candidate.precision).set(candidate.seconds)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""

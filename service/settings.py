@@ -40,11 +40,12 @@ class Settings(BaseSettings):
         BUNDLED_MODEL_PATH,
         description="ONNX file exported by `python -m training export`; defaults to the bundled model.",
     )
-    precision: Literal["auto", "fp32", "int8"] = Field(
+    precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
         "auto",
-        description="Which file of the model runs: `fp32` the model file itself, `int8` its quantized "
-        "sibling NAME-int8.onnx (written by `ship` or `export --int8`), `auto` the int8 file when the CPU "
-        "provider runs the model and that file passed its quality gate against fp32, otherwise fp32.",
+        description="Which file of the model runs: `fp32` the model file itself, `int8` its quantized sibling "
+        "NAME-int8.onnx, `fp16` NAME-fp16.onnx (both written by `ship`). `auto` races, at start-up on this "
+        "host's provider, every sibling whose quality gate against fp32 passed (int8 on the CPU, fp16 on a GPU) "
+        "and runs the fastest if it is at least 1.15x fp32, otherwise fp32; /readyz shows the timings.",
     )
     providers: Annotated[list[str], NoDecode] = Field(
         [CUDA_PROVIDER, CPU_PROVIDER],

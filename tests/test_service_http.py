@@ -107,6 +107,16 @@ def test_health_readiness_and_docs(server: ServerProcess) -> None:
     metrics = server.client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert server.metric("frlie_model_info", version=TINY_MODEL_VERSION, provider="CPUExecutionProvider") == 1
+    # No siblings beside the tiny model: `auto` has nothing to race and says so, in /readyz and the metric.
+    choice = ready["precision_choice"]
+    assert choice["mode"] == "auto" and choice["choice"] == "fp32"
+    assert choice["race_seconds"] is None and "only eligible" in choice["reason"]
+    assert {c["precision"]: c["why"] for c in choice["candidates"]} == {
+        "fp32": "",
+        "int8": "no such file",
+        "fp16": "fp16 files are for CUDAExecutionProvider / TensorrtExecutionProvider, not CPUExecutionProvider",
+    }
+    assert server.metric("frlie_model_info", precision="fp32", precision_mode="auto") == 1
 
 
 # --- successful enhancement -----------------------------------------------------------------

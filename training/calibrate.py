@@ -364,7 +364,7 @@ def reference_scores(
 def write_policy(model: Path, constants: PolicyConstants) -> list[Path]:
     """Store ``constants`` in ``model`` and in its quantized siblings (same weights, same policy)."""
     written = []
-    for path in (model, contract.int8_path(model)):
+    for path in (model, contract.int8_path(model), contract.fp16_path(model)):
         if not path.is_file():
             continue
         update_metadata(path, {contract.POLICY: constants.to_json()})

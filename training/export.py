@@ -137,8 +137,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="also write the int8 file beside --out (NAME-int8.onnx): ONNX Runtime static quantization "
-        "calibrated on --data's train/, gated against fp32 on its val/ and this CPU",
+        help="also write the siblings beside --out: NAME-int8.onnx (ONNX Runtime static quantization "
+        "calibrated on --data's train/) and NAME-fp16.onnx, each with its quality gate against fp32 on val/",
     )
     parser.add_argument("--data", type=Path, help="lol-pairs root for --int8 (train/ and val/)")
     parser.set_defaults(func=run)
@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
             line += f", PSNR vs fp32 = {entry['psnr_vs_fp32_db']:.2f} dB"
         print(line)
     if args.int8:
-        from training.int8_gate import build_and_gate, describe
+        from training.precision_gate import build_and_gate, build_fp16_and_gate, describe
 
-        figures = build_and_gate(args.out, args.data)
-        print(f"wrote {figures['path']}: {describe(figures)}")
+        for figures in (build_and_gate(args.out, args.data), build_fp16_and_gate(args.out, args.data)):
+            print(f"wrote {figures['path']}: {describe(figures)}")
     return 0

@@ -145,15 +145,19 @@ def _keeping(enhancer: Any, kept: list[np.ndarray]) -> Any:
     return run
 
 
-def quality(fp32: Path, int8: Path, data: Path, exposures: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Mean PSNR/SSIM vs the references for both files on the val pairs, and int8 vs fp32 PSNR."""
+def quality(
+    fp32: Path, int8: Path, data: Path, exposures: tuple[str, ...], label: str = "int8"
+) -> list[dict[str, Any]]:
+    """Mean PSNR/SSIM vs the references for both files on the val pairs, and int8 vs fp32 PSNR.
+
+    ``label`` names the second file in the keys (``fp16`` for the fp16 file's gate)."""
     from training.data import EXPOSURE_VARIANTS, list_pairs
     from training.evaluate import evaluate_model, resolve_pairs_dir
     from training.inference import load_enhancer
     from training.metrics import psnr
 
     pairs = list_pairs(resolve_pairs_dir(data, "val"))
-    enhancers = {"fp32": load_enhancer(fp32), "int8": load_enhancer(int8)}
+    enhancers = {"fp32": load_enhancer(fp32), label: load_enhancer(int8)}
     rows = []
     for exposure in exposures:
         outputs: dict[str, list[np.ndarray]] = {}
@@ -169,7 +173,7 @@ def quality(fp32: Path, int8: Path, data: Path, exposures: tuple[str, ...]) -> l
                 progress=False,
                 exposure=EXPOSURE_VARIANTS[exposure],
             )
-        versus = [psnr(i, f) for i, f in zip(outputs["int8"], outputs["fp32"], strict=True)]
+        versus = [psnr(i, f) for i, f in zip(outputs[label], outputs["fp32"], strict=True)]
         finite = [value for value in versus if math.isfinite(value)]
         rows.append(
             {
@@ -181,20 +185,20 @@ def quality(fp32: Path, int8: Path, data: Path, exposures: tuple[str, ...]) -> l
                     for name in enhancers
                     for metric in ("psnr", "ssim")
                 },
-                "psnr_loss_db": scores["fp32"]["mean"]["psnr"] - scores["int8"]["mean"]["psnr"],
-                "ssim_loss": scores["fp32"]["mean"]["ssim"] - scores["int8"]["mean"]["ssim"],
-                "int8_vs_fp32_psnr_mean": statistics.fmean(finite) if finite else math.inf,
-                "int8_vs_fp32_psnr_min": min(versus),
+                "psnr_loss_db": scores["fp32"]["mean"]["psnr"] - scores[label]["mean"]["psnr"],
+                "ssim_loss": scores["fp32"]["mean"]["ssim"] - scores[label]["mean"]["ssim"],
+                f"{label}_vs_fp32_psnr_mean": statistics.fmean(finite) if finite else math.inf,
+                f"{label}_vs_fp32_psnr_min": min(versus),
                 "images": [
                     {
                         "name": a["name"],
                         "fp32_psnr": a["psnr"],
-                        "int8_psnr": b["psnr"],
+                        f"{label}_psnr": b["psnr"],
                         "fp32_ssim": a["ssim"],
-                        "int8_ssim": b["ssim"],
-                        "int8_vs_fp32_psnr": v,
+                        f"{label}_ssim": b["ssim"],
+                        f"{label}_vs_fp32_psnr": v,
                     }
-                    for a, b, v in zip(scores["fp32"]["images"], scores["int8"]["images"], versus, strict=True)
+                    for a, b, v in zip(scores["fp32"]["images"], scores[label]["images"], versus, strict=True)
                 ],
             }
         )

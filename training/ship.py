@@ -8,7 +8,8 @@ are better on validation PSNR by `--min-gain-db` (the project keeps weight histo
 `--force` overrides for a documented reason (e.g. a large SSIM gain). `--checkpoint last` ships the
 end of the learning-rate schedule instead of the best-PSNR checkpoint, free of selection on val;
 `--checkpoint averaged` ships the weight average written by `python -m training average`.
-With `--data` it also writes the int8 file (`training.int8_gate`), regenerated with every release.
+With `--data` it also writes the int8 and fp16 files with their quality gates (`training.precision_gate`),
+regenerated with every release, and calibrates the policy into all three.
 """
 
 from __future__ import annotations
@@ -21,17 +22,26 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import load_weights, read_checkpoint, save_weights
-from model.contract import BUNDLED_MODEL_PATH, ONNX_NAME, TRAINING_RECORD_NAME, WEIGHTS_DIR, WEIGHTS_NAME, int8_path
+from model.contract import (
+    BUNDLED_MODEL_PATH,
+    ONNX_NAME,
+    TRAINING_RECORD_NAME,
+    WEIGHTS_DIR,
+    WEIGHTS_NAME,
+    fp16_path,
+    int8_path,
+)
 from model.network import FRLIE
 from training.calibrate import calibrate
 from training.errors import TrainingError
 from training.export import checkpoint_metadata, export_onnx
-from training.int8_gate import build_and_gate, describe
+from training.precision_gate import build_and_gate, build_fp16_and_gate, describe
 from training.runs import CHECKPOINT_FILES, LAST, VAL_LOG, read_val_log, run_arguments
 
 # Shipping writes where the service looks for its default model.
 SHIPPED_DIR, CONFIG_NAME = WEIGHTS_DIR, TRAINING_RECORD_NAME
 INT8_NAME = int8_path(BUNDLED_MODEL_PATH).name
+FP16_NAME = fp16_path(BUNDLED_MODEL_PATH).name
 
 
 def _run_record(run_dir: Path, selected: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -125,10 +135,10 @@ def ship(
 ) -> dict[str, Any]:
     """Export and write the shipped files into ``dest``; returns a summary of what was done.
 
-    With ``data`` (a lol-pairs root), the int8 file is made too (calibrated on train/, gated on
-    val/ and this CPU), and the enhancement policy is calibrated on train/ into both files (about
-    half an hour on 2 CPU cores; ``training.calibrate``); without it, an int8 file of the previous
-    weights is removed, never kept beside new weights.
+    With ``data`` (a lol-pairs root), the int8 file (calibrated on train/) and the fp16 file are
+    made too, each with its quality gate on val/, and the enhancement policy is calibrated on train/
+    into all three (about half an hour on 2 CPU cores; ``training.calibrate``); without it, siblings
+    of the previous weights are removed, never kept beside new weights.
     """
     model, payload = select_checkpoint(run_dir, which)
     new_psnr = payload.get("metrics", {}).get("val_psnr")
@@ -155,13 +165,15 @@ def ship(
         )
         (staging / CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n")
         int8 = build_and_gate(staging / ONNX_NAME, data) if data is not None else None
-        if data is not None:  # the policy belongs to the weights: fitted on train, stored in both files
+        fp16 = build_fp16_and_gate(staging / ONNX_NAME, data) if data is not None else None
+        if data is not None:  # the policy belongs to the weights: fitted on train, stored in every file
             calibrate(staging / ONNX_NAME, data, staging / "calibration.jsonl")
         names = [ONNX_NAME, WEIGHTS_NAME, CONFIG_NAME]
-        if int8 is not None:
-            names.append(INT8_NAME)
-        else:
-            (dest / INT8_NAME).unlink(missing_ok=True)
+        for sibling, name in ((int8, INT8_NAME), (fp16, FP16_NAME)):
+            if sibling is not None:
+                names.append(name)
+            else:  # siblings of other weights must not sit beside these
+                (dest / name).unlink(missing_ok=True)
         for name in names:
             shutil.move(staging / name, dest / name)
     return {
@@ -171,6 +183,7 @@ def ship(
         "onnx_max_abs_diff": report["max_abs_diff"],
         "onnx_mb": (dest / ONNX_NAME).stat().st_size / 1e6,
         "int8": int8,
+        "fp16": fp16,
     }
 
 
@@ -199,8 +212,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--data",
         type=Path,
-        help=f"lol-pairs root: also write {INT8_NAME}, calibrated on its train/ and gated on its val/ "
-        "(without it, an int8 file of the previous weights is removed; `make ship` passes DATA)",
+        help=f"lol-pairs root: also write {INT8_NAME} (calibrated on its train/) and {FP16_NAME}, each gated "
+        "on its val/ (without it, siblings of the previous weights are removed; `make ship` passes DATA)",
     )
     parser.set_defaults(func=run)
 
@@ -222,8 +235,9 @@ def run(args: argparse.Namespace) -> int:
         f"SSIM {val.get('val_ssim', float('nan')):.4f} (previous: {summary['previous_val_psnr']}); "
         f"{ONNX_NAME} {summary['onnx_mb']:.1f} MB, max |onnx - torch| {summary['onnx_max_abs_diff']:.1e}"
     )
-    if summary["int8"] is not None:
-        print(f"{INT8_NAME}: {describe(summary['int8'])}")
-    else:
-        print(f"no {INT8_NAME}: pass --data to make and gate it")
+    for key, name in (("int8", INT8_NAME), ("fp16", FP16_NAME)):
+        if summary[key] is not None:
+            print(f"{name}: {describe(summary[key])}")
+        else:
+            print(f"no {name}: pass --data to make and gate it")
     return 0
