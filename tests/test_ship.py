@@ -140,7 +140,7 @@ def test_average_needs_two_checkpoints_of_the_same_network(
     assert "at least two" in capsys.readouterr().err
 
 
-def test_ship_with_data_writes_a_gated_int8_file_and_without_removes_a_stale_one(
+def test_ship_with_data_writes_gated_int8_and_fp16_files_and_without_removes_stale_ones(
     stage2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
@@ -152,23 +152,27 @@ def test_ship_with_data_writes_a_gated_int8_file_and_without_removes_a_stale_one
     assert "cannot make the int8 file" in capsys.readouterr().err and not (dest / "frlie.onnx").exists()
     write_synthetic_pairs(data / "train", 52, size=(256, 256), seed=3)
     assert _ship(stage2_run, dest, "--data", str(data)) == 0
-    tmp_path = dest
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "frlie-fp16.onnx",
         "frlie-int8.onnx",
         "frlie.onnx",
         "frlie.pt",
         "training-config.json",
     ]
-    meta = read_metadata(tmp_path / "frlie-int8.onnx")
-    # The enhancement policy was calibrated on train into both files, the same record in each.
-    policy = read_metadata(tmp_path / "frlie.onnx")["policy"]
-    assert meta["policy"] == policy and "train" in json.loads(policy)["calibration"]["data"]
-    record = json.loads(meta["quantization"])
-    assert meta["precision"] == "int8" and meta["model_version"] == "test-1"
-    assert record["quality_gate"] in ("passed", "failed")
-    gate = record["gate"]
-    assert gate["val_pairs"] == 2 and {row["size"] for row in gate["speed"]} == {"600x400", "1920x1080"}
-    assert gate["passed"] == (record["quality_gate"] == "passed")
-    # New weights without --data: the int8 file of the old ones must not stay beside them.
-    assert _ship(stage2_run, tmp_path, "--force") == 0
-    assert not (tmp_path / "frlie-int8.onnx").exists()
+    # The enhancement policy was calibrated on train into every file, the same record in each.
+    policy = read_metadata(dest / "frlie.onnx")["policy"]
+    assert "train" in json.loads(policy)["calibration"]["data"]
+    for precision in ("int8", "fp16"):
+        meta = read_metadata(dest / f"frlie-{precision}.onnx")
+        assert meta["policy"] == policy
+        record = json.loads(meta["quantization"])
+        assert meta["precision"] == precision and meta["model_version"] == "test-1"
+        assert record["quality_gate"] in ("passed", "failed")
+        gate = record["gate"]
+        # Quality only: speed belongs to the host that serves (service.precision races the files).
+        assert gate["precision"] == precision and gate["val_pairs"] == 2 and "speed" not in gate
+        assert gate["passed"] == (record["quality_gate"] == "passed")
+        assert gate["passed"] == (gate["psnr_drop_db"] <= 0.1 and gate["ssim_drop"] <= 0.005)
+    # New weights without --data: the siblings of the old ones must not stay beside them.
+    assert _ship(stage2_run, dest, "--force") == 0
+    assert not (dest / "frlie-int8.onnx").exists() and not (dest / "frlie-fp16.onnx").exists()
