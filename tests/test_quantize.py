@@ -213,3 +213,61 @@ def test_layer_sensitivity_ranks_candidates(tiny_fp32: Path, synthetic_data: Pat
     assert by_selector["first_conv"].nodes == (convs[0],) and 0 < by_selector["first_conv"].macs_share < 1
     assert by_selector["last_conv_input"].macs_share == 0 and len(by_selector["last_conv_input"].nodes) >= 2
     assert 20 < base < 100
+
+
+def _pad_between_quantizers(scale_in: float, scale_out: float) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Pad(reflect) -> Q -> DQ -> y, as quantize_static leaves a padded convolution's input."""
+    h = onnx.helper
+    initializers = [
+        onnx.numpy_helper.from_array(np.array(scale_in, np.float32), "s_in"),
+        onnx.numpy_helper.from_array(np.array(3, np.uint8), "z_in"),
+        onnx.numpy_helper.from_array(np.array(scale_out, np.float32), "s_out"),
+        onnx.numpy_helper.from_array(np.array(3, np.uint8), "z_out"),
+        onnx.numpy_helper.from_array(np.array([0, 0, 2, 1, 0, 0, 2, 1], np.int64), "pads"),
+    ]
+    nodes = [
+        h.make_node("QuantizeLinear", ["x", "s_in", "z_in"], ["xq"], name="q_in"),
+        h.make_node("DequantizeLinear", ["xq", "s_in", "z_in"], ["xf"], name="dq_in"),
+        h.make_node("Pad", ["xf", "pads"], ["padded"], mode="reflect", name="pad"),
+        h.make_node("QuantizeLinear", ["padded", "s_out", "z_out"], ["pq"], name="q_out"),
+        h.make_node("DequantizeLinear", ["pq", "s_out", "z_out"], ["y"], name="dq_out"),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "pad",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 5, 6])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 9, 8])],
+        initializers,
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    output: np.ndarray = session.run(None, {"x": x})[0]
+    return output
+
+
+def test_reflect_pads_move_onto_the_integers_with_the_same_output() -> None:
+    x = np.random.default_rng(0).random((1, 2, 5, 6), dtype=np.float32)
+    model = _pad_between_quantizers(1 / 255, 1 / 255)  # quantize_static gives a pad its input's range
+    expected = _run(model, x)
+    assert quantize.pads_on_integers(model) == 1
+    assert [node.op_type for node in model.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
+    onnx.checker.check_model(model)
+    np.testing.assert_array_equal(_run(model, x), expected)
+    # A pad re-quantized to another range is read back with its input's own: one rounding fewer.
+    model = _pad_between_quantizers(1 / 255, 1 / 200)
+    twice_rounded = _run(model, x)
+    quantize.pads_on_integers(model)
+    once = _run(model, x)
+    assert np.abs(once - x.mean()).max() < 1.0 and not np.array_equal(once, twice_rounded)
+    np.testing.assert_allclose(once, twice_rounded, atol=1 / 200)
+
+
+def test_the_quantized_model_pads_its_integers(quantized: quantize.QuantizationReport) -> None:
+    model = onnx.load(str(quantized.path))
+    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    pads = [node for node in model.graph.node if node.op_type == "Pad"]
+    assert pads and not [p.name for p in pads if producers.get(p.input[0]) == "DequantizeLinear"]
+    assert "uint8" in json.loads(read_metadata(quantized.path)["quantization"])["pads"]

@@ -42,6 +42,19 @@ def test_shipped_files_are_one_small_onnx_its_weights_and_their_record() -> None
     assert record["stage2"]["selected_val"] == pytest.approx(weights["metrics"])
 
 
+def test_siblings_share_the_policy_and_passed_their_quality_gates() -> None:
+    """frlie-int8.onnx (CPUs) and frlie-fp16.onnx (GPUs) are the same weights, gated against fp32 on
+    val when they shipped: `FRLIE_PRECISION=auto` races only files that passed."""
+    policy = read_metadata(ONNX_FILE)["policy"]
+    for precision in ("int8", "fp16"):
+        sibling = WEIGHTS_DIR / f"frlie-{precision}.onnx"
+        meta = read_metadata(sibling)
+        record = json.loads(meta["quantization"])
+        assert meta["precision"] == precision and meta["policy"] == policy, sibling
+        assert record["quality_gate"] == "passed" and record["gate"]["precision"] == precision
+        assert record["gate"]["psnr_drop_db"] <= 0.1 and record["gate"]["ssim_drop"] <= 0.005
+
+
 def test_onnx_file_is_the_export_of_the_shipped_weights() -> None:
     image = np.random.default_rng(3).integers(0, 256, size=(92, 124, 3), dtype=np.uint8)
     from_onnx = load_enhancer(ONNX_FILE)(image)
