@@ -112,7 +112,7 @@ class ModelStore:
         if key not in self._cache:
             import onnx
 
-            from training.export import to_fp16
+            from training.fp16 import to_fp16
 
             proto = to_fp16(onnx.load(str(model.path)))
             path = self.scratch / f"{model.path.stem}-fp16.onnx"

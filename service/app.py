@@ -46,6 +46,10 @@ from service.web_ui import add_web_ui
 
 Quality = Annotated[int, Field(ge=1, le=100)]
 StrengthParameter = Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]
+KEEP_GPS_HELP = (
+    "Keep the upload's GPS position in the answer's EXIF (default: FRLIE_KEEP_GPS, off). The rest of the EXIF "
+    "(camera, dates, exposure) is kept with the orientation reset; the embedded thumbnail is dropped."
+)
 STRENGTH_HELP = (
     "How much of the model's effect to apply: 'auto' (default: enough to bring the photo to a normal "
     "brightness and no more, full strength for noisy low-light captures; photos that are already bright "
@@ -220,16 +224,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         image: Annotated[
             UploadFile,
             File(
-                description="JPEG, PNG, WebP, BMP or TIFF image (multipart field `image`).",
+                description="JPEG, PNG, WebP, BMP, TIFF, AVIF or HEIC/HEIF image (multipart field `image`); "
+                "16-bit PNG and TIFF keep their depth.",
                 json_schema_extra={"minLength": 1},
             ),
         ],
         format_field: Annotated[
             OutputFormat | SkipJsonSchema[None],
-            Form(alias="format", description="Output encoding; default PNG, or JPEG for JPEG input."),
+            Form(
+                alias="format",
+                description="Output encoding; default: JPEG for JPEG and HEIC input, AVIF for AVIF, PNG otherwise "
+                "(16 bits for a 16-bit upload).",
+            ),
         ] = None,
         quality_field: Annotated[
-            Quality | SkipJsonSchema[None], Form(alias="quality", description="JPEG/WebP quality (1-100).")
+            Quality | SkipJsonSchema[None], Form(alias="quality", description="JPEG/WebP/AVIF quality (1-100).")
         ] = None,
         format_query: Annotated[
             OutputFormat | SkipJsonSchema[None],
@@ -246,6 +255,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             StrengthParameter | SkipJsonSchema[None],
             Query(alias="strength", description="Same as the form field (the form field wins)."),
         ] = None,
+        keep_gps_field: Annotated[
+            bool | SkipJsonSchema[None], Form(alias="keep_gps", description=KEEP_GPS_HELP)
+        ] = None,
+        keep_gps_query: Annotated[
+            bool | SkipJsonSchema[None],
+            Query(alias="keep_gps", description="Same as the form field (the form field wins)."),
+        ] = None,
     ) -> Response:
         pipeline = state.ready_pipeline()
         with state.admission.slot():
@@ -253,8 +269,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise PayloadTooLarge(f"the image is {image.size} bytes; the limit is {settings.max_upload_bytes}")
             data = await image.read()
             strength = next((value for value in (strength_field, strength_query) if value is not None), AUTO)
+            keep_gps = keep_gps_field if keep_gps_field is not None else keep_gps_query
             work = pipeline.process(
-                data, format_field or format_query, quality_field or quality_query, strength, admit=state.admission.work
+                data,
+                format_field or format_query,
+                quality_field or quality_query,
+                strength,
+                admit=state.admission.work,
+                keep_gps=keep_gps,
             )
             try:
                 async with asyncio.timeout(settings.request_timeout_s):

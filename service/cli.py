@@ -23,8 +23,13 @@ from service.pipeline import Pipeline
 from service.settings import Settings
 from service.strength import AUTO, Strength, parse_strength
 
-INPUT_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-OUTPUT_SUFFIXES = {OutputFormat.png: ".png", OutputFormat.jpeg: ".jpg", OutputFormat.webp: ".webp"}
+INPUT_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+OUTPUT_SUFFIXES = {
+    OutputFormat.png: ".png",
+    OutputFormat.jpeg: ".jpg",
+    OutputFormat.webp: ".webp",
+    OutputFormat.avif: ".avif",
+}
 EXIT_USAGE = 2
 
 
@@ -152,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=OutputFormat,
         choices=list(OutputFormat),
         default=None,
-        metavar="{png,jpeg,webp}",
-        help="output encoding (default: PNG, or JPEG for JPEG input)",
+        metavar="{png,jpeg,webp,avif}",
+        help="output encoding (default: JPEG for JPEG and HEIC input, AVIF for AVIF, PNG otherwise, at 16 bits "
+        "for 16-bit input)",
     )
     enhance_parser.add_argument("--quality", type=int, choices=range(1, 101), metavar="1-100", default=None)
     enhance_parser.add_argument(

@@ -3,31 +3,49 @@
 Decoding checks the format and the pixel count from the header before any pixel is decoded
 (so a decompression bomb costs nothing), applies the EXIF orientation, and turns every accepted
 pixel layout into 8-bit RGB plus an optional alpha plane: grayscale and palette are expanded,
-16-bit samples are scaled (not clipped), CMYK is converted. Black-and-white uploads (a gray layout,
-or RGB with equal channels) are marked, so their answer can be made gray again (``make_gray``). An
-RGB ICC profile is carried to the output; profiles of other colour spaces (CMYK, gray) cannot
-describe RGB pixels and are dropped.
+16-bit gray samples are scaled (not clipped), CMYK is converted. Black-and-white uploads (a gray
+layout, or RGB with equal channels) are marked, so their answer can be made gray again
+(``make_gray``). An RGB ICC profile is carried to the output; profiles of other colour spaces (CMYK,
+gray) cannot describe RGB pixels and are dropped.
+
+Formats: JPEG, PNG, WebP, BMP, TIFF, AVIF (Pillow) and HEIC/HEIF (the pillow-heif plugin), which
+phones write. A 16-bit RGB PNG or TIFF (what RAW developers export) is also decoded at 16 bits
+(``DecodedImage.deep``, through imagecodecs / tifffile: Pillow reads such files at 8 bits), so the
+model gets its full precision and a PNG answer keeps 16 bits.
+
+Metadata (``answer_exif``): the answer keeps the upload's EXIF (camera, dates, exposure...), with the
+orientation reset (the pixels are upright now) and without the embedded thumbnail (it shows the
+unenhanced photo) or, unless asked to keep it, the GPS position: a shared service should not
+republish where a photo was taken.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import struct
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+import imagecodecs
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+import tifffile
+from PIL import ExifTags, Image, ImageCms, ImageOps
+from pillow_heif import register_heif_opener
 
 from service.errors import InvalidImage, InvalidParameters, PayloadTooLarge, ServiceError, UnsupportedFormat
 from service.exposure import LUMA_WEIGHTS
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+register_heif_opener()  # HEIC / HEIF through Image.open, with Pillow's limits and checks
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "AVIF", "HEIF")
 # Formats whose compression (usually lossy) smooths away the sensor noise that service.exposure
 # reads the digital gain from: even JPEG quality 95 erases a dark capture's noise.
-LOSSY_FORMATS = frozenset(("JPEG", "WEBP"))
+LOSSY_FORMATS = frozenset(("JPEG", "WEBP", "AVIF", "HEIF"))
+DEEP_MAX = 65535.0  # the largest 16-bit sample
 SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 GRAY_MODES = frozenset(("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N", "I"))
 # Gray levels between the channels of a JPEG or WebP upload that is still black and white (chroma
@@ -45,6 +63,7 @@ class OutputFormat(str, Enum):
     png = "png"
     jpeg = "jpeg"
     webp = "webp"
+    avif = "avif"
 
     @property
     def media_type(self) -> str:
@@ -55,11 +74,18 @@ class OutputFormat(str, Enum):
 class DecodedImage:
     """An upright image as the model needs it, plus what the output must carry back."""
 
-    rgb: np.ndarray  # H x W x 3 uint8
+    rgb: np.ndarray  # H x W x 3 uint8 (what the policy reads, and the pixels of 8-bit uploads)
     alpha: np.ndarray | None  # H x W uint8, or None when the input had no transparency
     icc_profile: bytes | None  # an RGB profile, or None
     source_format: str  # Pillow's name: "JPEG", "PNG", ...
     grayscale: bool = False  # a black-and-white photo: gray pixel layout, or RGB with equal channels
+    exif: bytes | None = None  # what the answer carries (``answer_exif``), or None
+    deep: np.ndarray | None = None  # H x W x 3 float32 in [0, 1] at 16-bit precision (16-bit uploads)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """What the model runs on: the 16-bit pixels where the upload has them, else the 8-bit ones."""
+        return self.rgb if self.deep is None else self.deep
 
     @property
     def height(self) -> int:
@@ -81,8 +107,9 @@ class OutputSpec:
     quality: int
 
 
-def decode(data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode an upload; raises InvalidImage (400), PayloadTooLarge (413) or UnsupportedFormat (415)."""
+def decode(data: bytes, max_pixels: int, keep_gps: bool = False) -> DecodedImage:
+    """Decode an upload; raises InvalidImage (400), PayloadTooLarge (413) or UnsupportedFormat (415).
+    ``keep_gps`` keeps the GPS position in the EXIF the answer carries (dropped by default)."""
     if not data:
         raise InvalidImage("the upload is empty")
     try:
@@ -98,20 +125,25 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
         if width * height > max_pixels:
             raise PayloadTooLarge(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
         try:
-            return _decode_pixels(image)
+            return _decode_pixels(image, data, keep_gps)
         except ServiceError:
             raise
         except Exception as error:
             raise InvalidImage(f"the {image.format} image could not be decoded: {error}") from error
 
 
-def _decode_pixels(image: Image.Image) -> DecodedImage:
+def _decode_pixels(image: Image.Image, data: bytes, keep_gps: bool) -> DecodedImage:
     if getattr(image, "n_frames", 1) > 1:
         raise UnsupportedFormat("animated and multi-page images are not supported")
     source_format = image.format or ""
     icc_profile = _rgb_profile_or_none(image.info.get("icc_profile"))
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    deep = _sixteen_bit_rgb(image, data)
     image.load()
-    ImageOps.exif_transpose(image, in_place=True)
+    ImageOps.exif_transpose(image, in_place=True)  # also takes the orientation out of image.getexif()
+    exif = answer_exif(image.getexif(), keep_gps)
+    if deep is not None:
+        return _deep_image(upright(deep, orientation), icc_profile, source_format, exif)
     if image.mode in SIXTEEN_BIT_GRAY_MODES:
         image = _sixteen_bit_gray_to_l(image)
     elif image.mode == "F":
@@ -125,7 +157,78 @@ def _decode_pixels(image: Image.Image) -> DecodedImage:
         image = image.convert("RGB")
     rgb = _rgb_array(image)
     tolerance = LOSSY_GRAY_TOLERANCE if source_format in LOSSY_FORMATS else 0
-    return DecodedImage(rgb, alpha, icc_profile, source_format, gray_layout or is_gray(rgb, tolerance))
+    return DecodedImage(rgb, alpha, icc_profile, source_format, gray_layout or is_gray(rgb, tolerance), exif)
+
+
+def answer_exif(exif: Image.Exif, keep_gps: bool) -> bytes | None:
+    """The upload's EXIF as the answer carries it: IFD0 and the Exif sub-IFD (camera, dates, exposure)
+    copied into a new record with the orientation reset (the answer's pixels are upright), without the
+    thumbnail's IFD1 (it shows the unenhanced photo) and without GPS unless ``keep_gps``.
+
+    A new record rather than edits: Pillow writes back every sub-IFD it has loaded, even one whose
+    pointer was deleted."""
+    if not exif:
+        return None
+    answer = Image.Exif()
+    for tag, value in exif.items():
+        if tag not in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+            answer[tag] = value
+    answer[ExifTags.Base.Orientation] = 1
+    details = dict(exif.get_ifd(ExifTags.IFD.Exif))
+    if ExifTags.IFD.Interop in details:  # a pointer into the old record: copy what it points at
+        details[ExifTags.IFD.Interop] = dict(exif.get_ifd(ExifTags.IFD.Interop))
+    if details:
+        answer[ExifTags.IFD.Exif] = details
+    gps = dict(exif.get_ifd(ExifTags.IFD.GPSInfo)) if keep_gps else {}
+    if gps:
+        answer[ExifTags.IFD.GPSInfo] = gps
+    return answer.tobytes()
+
+
+def _sixteen_bit_rgb(image: Image.Image, data: bytes) -> np.ndarray | None:
+    """The samples of a 16-bit RGB(A) PNG or TIFF, H x W x C uint16 as stored; None for other uploads."""
+    if image.format == "PNG" and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x06"):  # IHDR depth, colour
+        samples: np.ndarray = imagecodecs.png_decode(data)
+    elif image.format == "TIFF" and _tiff_sample_bits(image) == (16, 16, 16):
+        samples = tifffile.imread(io.BytesIO(data))
+    else:
+        return None
+    if samples.dtype != np.uint16 or samples.ndim != 3 or samples.shape[2] not in (3, 4):
+        raise UnsupportedFormat(f"16-bit images must be RGB or RGBA; this one is {samples.dtype} {samples.shape}")
+    return samples
+
+
+def _tiff_sample_bits(image: Image.Image) -> tuple[int, ...]:
+    bits = getattr(image, "tag_v2", {}).get(258, ())  # BitsPerSample
+    return tuple(bits)[:3] if isinstance(bits, tuple) else (int(bits),)
+
+
+def _deep_image(samples: np.ndarray, icc_profile: bytes | None, source_format: str, exif: bytes | None) -> DecodedImage:
+    """A 16-bit upload: float pixels for the model, 8-bit ones for the policy's readings."""
+    deep = samples[..., :3].astype(np.float32) / np.float32(DEEP_MAX)
+    rgb = np.rint(deep * np.float32(255.0)).astype(np.uint8)
+    alpha = None
+    if samples.shape[2] == 4:
+        alpha = np.rint(samples[..., 3].astype(np.float32) * np.float32(255.0 / DEEP_MAX)).astype(np.uint8)
+    return DecodedImage(rgb, alpha, icc_profile, source_format, is_gray(rgb), exif, deep)
+
+
+# EXIF orientation -> the array operation that undoes it (as ImageOps.exif_transpose does for images).
+_UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    4: np.flipud,
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(np.swapaxes(a, 0, 1), 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def upright(samples: np.ndarray, orientation: int) -> np.ndarray:
+    """H x W x C samples turned as the EXIF ``orientation`` says a viewer shows them."""
+    operation = _UPRIGHT.get(orientation)
+    return np.ascontiguousarray(samples if operation is None else operation(samples))
 
 
 def is_gray(rgb: np.ndarray, tolerance: int = 0) -> bool:
@@ -141,13 +244,15 @@ def is_gray(rgb: np.ndarray, tolerance: int = 0) -> bool:
 
 
 def make_gray(rgb: np.ndarray) -> None:
-    """Replace each pixel of H x W x 3 uint8 by its luma in all three channels, in place, in strips.
+    """Replace each pixel of H x W x 3 (uint8, or float in [0, 1]) by its luma in all three channels, in
+    place, in strips.
 
     The network was trained to remove the colour cast of dark captures; on a black-and-white photo,
     which has none, it adds one, so such uploads are answered in gray."""
     for top in range(0, rgb.shape[0], COPY_STRIP_ROWS):
         strip = rgb[top : top + COPY_STRIP_ROWS]
-        strip[...] = np.rint(strip.astype(np.float32) @ LUMA_WEIGHTS)[..., None].clip(0, 255).astype(np.uint8)
+        luma = (strip.astype(np.float32) @ LUMA_WEIGHTS)[..., None]
+        strip[...] = np.rint(luma).clip(0, 255).astype(np.uint8) if rgb.dtype == np.uint8 else luma
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:
@@ -181,21 +286,43 @@ def _rgb_profile_or_none(profile: bytes | None) -> bytes | None:
 def choose_output(
     requested: OutputFormat | None, quality: int | None, decoded: DecodedImage, default_quality: int
 ) -> OutputSpec:
-    """PNG by default, JPEG for JPEG input; JPEG cannot carry alpha, so that combination is refused."""
-    output_format = requested or (OutputFormat.jpeg if decoded.source_format == "JPEG" else OutputFormat.png)
-    if output_format is OutputFormat.jpeg and decoded.alpha is not None:
-        raise InvalidParameters("this image has an alpha channel, which JPEG cannot store; ask for png or webp")
-    return OutputSpec(output_format, quality or default_quality)
+    """By default the upload's own kind of file: JPEG for JPEG, AVIF for AVIF, JPEG for HEIC (which
+    browsers cannot show; PNG where it has transparency), PNG otherwise. JPEG cannot carry alpha, so
+    asking for that combination is refused."""
+    if requested is None:
+        requested = DEFAULT_OUTPUT.get(decoded.source_format, OutputFormat.png)
+        if requested is OutputFormat.jpeg and decoded.alpha is not None:
+            requested = OutputFormat.png
+    if requested is OutputFormat.jpeg and decoded.alpha is not None:
+        raise InvalidParameters("this image has an alpha channel, which JPEG cannot store; ask for png, webp or avif")
+    return OutputSpec(requested, quality or default_quality)
 
 
-def encode(rgb: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None, spec: OutputSpec) -> bytes:
-    """Encode H x W x 3 uint8 (plus alpha) with the input's ICC profile. Quality applies to JPEG and WebP."""
-    image = Image.fromarray(rgb)
+DEFAULT_OUTPUT = {"JPEG": OutputFormat.jpeg, "AVIF": OutputFormat.avif, "HEIF": OutputFormat.jpeg}
+
+
+def encode(
+    pixels: np.ndarray,
+    alpha: np.ndarray | None,
+    icc_profile: bytes | None,
+    spec: OutputSpec,
+    exif: bytes | None = None,
+) -> bytes:
+    """Encode H x W x 3 pixels (plus alpha) with the input's ICC profile and EXIF. uint8 pixels give an
+    8-bit file; float ones (a 16-bit upload's answer, in [0, 1]) a 16-bit PNG, or 8 bits in formats
+    without 16-bit samples. Quality applies to JPEG, WebP and AVIF."""
+    if pixels.dtype != np.uint8:
+        if spec.format is OutputFormat.png:
+            return _sixteen_bit_png(pixels, alpha, icc_profile, exif)
+        pixels = np.rint(np.clip(pixels, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+    image = Image.fromarray(pixels)
     if alpha is not None:
         image.putalpha(Image.fromarray(alpha))
     options: dict[str, object] = {}
     if icc_profile:
         options["icc_profile"] = icc_profile
+    if exif:
+        options["exif"] = exif
     if spec.format is OutputFormat.png:
         options["compress_level"] = PNG_COMPRESS_LEVEL
     else:
@@ -203,3 +330,26 @@ def encode(rgb: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None,
     buffer = io.BytesIO()
     image.save(buffer, format=spec.format.value.upper(), **options)
     return buffer.getvalue()
+
+
+def _sixteen_bit_png(
+    pixels: np.ndarray, alpha: np.ndarray | None, icc_profile: bytes | None, exif: bytes | None
+) -> bytes:
+    """A 16-bit RGB(A) PNG (imagecodecs; Pillow writes 16 bits for gray only) with the profile and
+    EXIF added as the PNG chunks iCCP and eXIf, which imagecodecs does not write."""
+    samples = np.rint(np.clip(pixels, 0.0, 1.0) * np.float32(DEEP_MAX)).astype(np.uint16)
+    if alpha is not None:
+        samples = np.dstack([samples, alpha.astype(np.uint16) * np.uint16(257)])
+    png = bytes(imagecodecs.png_encode(samples, level=PNG_COMPRESS_LEVEL))
+    chunks = []
+    if icc_profile:
+        chunks.append(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc_profile)))
+    if exif:
+        chunks.append(_png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00")))
+    header_end = 8 + 8 + 13 + 4  # signature, then IHDR (length, type, 13 bytes, CRC): ancillary chunks follow
+    return png[:header_end] + b"".join(chunks) + png[header_end:]
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type and data (PNG specification, section 5.3)."""
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))

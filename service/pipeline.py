@@ -160,13 +160,16 @@ class Pipeline:
         quality: int | None = None,
         strength: Strength = AUTO,
         admit: Callable[[Cost], AbstractContextManager[None]] | None = None,
+        keep_gps: bool | None = None,
     ) -> EnhancedFile:
         """decode -> plan (service.policy) -> admit -> run -> finish -> encode, for one uploaded file.
 
         ``admit`` (the service's admission control) may refuse the work once its size is known; every
-        model run of the request happens inside it.
+        model run of the request happens inside it. ``keep_gps`` keeps the upload's GPS position in the
+        answer's EXIF (None: FRLIE_KEEP_GPS). A 16-bit upload runs in float and keeps its depth.
         """
-        decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels)
+        keep = self.settings.keep_gps if keep_gps is None else keep_gps
+        decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels, keep)
         spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
         plan = await asyncio.to_thread(
             self.policy.plan,
@@ -176,17 +179,19 @@ class Pipeline:
             strength=strength,
             passes=self.engine.ensemble_passes(decoded.height, decoded.width),
         )
-        enhancement, applied = Enhancement(decoded.rgb, 0, 0.0), plan.strength  # no model call at all
+        enhancement, applied = Enhancement(decoded.pixels, 0, 0.0), plan.strength  # no model call at all
         if plan.runs_model:
             with (admit or _admit_everything)(self.cost(decoded.height, decoded.width, plan.passes, plan.needs_probe)):
                 if plan.needs_probe:  # the reading waits for the network's answer to a thumbnail
                     probe = await self.enhance_pixels(thumbnail(decoded.rgb), np.float32)
                     luma = await asyncio.to_thread(estimate_exposure, probe.pixels)
                     plan = self.policy.settle(plan, luma, lossy=decoded.lossy, strength=strength)
-                    enhancement = Enhancement(decoded.rgb, probe.tiles, probe.inference_seconds)
+                    enhancement = Enhancement(decoded.pixels, probe.tiles, probe.inference_seconds)
                     applied = plan.strength
                 if plan.runs_model:
-                    full = await self.enhance_pixels(decoded.rgb, gain=plan.gain, passes=plan.passes)
+                    full = await self.enhance_pixels(
+                        decoded.pixels, decoded.pixels.dtype.type, gain=plan.gain, passes=plan.passes
+                    )
                     enhancement = replace(
                         full,
                         tiles=full.tiles + enhancement.tiles,
@@ -195,10 +200,10 @@ class Pipeline:
             self.metrics.tiles_per_request.observe(enhancement.tiles)
             self.metrics.pixels_processed.inc(decoded.height * decoded.width)
             if plan.runs_model:
-                applied = await asyncio.to_thread(self.policy.finish, plan, enhancement.pixels, decoded.rgb)
-        alpha, icc_profile = decoded.alpha, decoded.icc_profile
+                applied = await asyncio.to_thread(self.policy.finish, plan, enhancement.pixels, decoded.pixels)
+        alpha, icc_profile, exif = decoded.alpha, decoded.icc_profile, decoded.exif
         del decoded  # the input pixels are not needed while encoding; free them first
-        encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec)
+        encoded = await asyncio.to_thread(imageio.encode, enhancement.pixels, alpha, icc_profile, spec, exif)
         return EnhancedFile(
             encoded,
             spec,

@@ -148,7 +148,12 @@ class Settings(BaseSettings):
         description="Largest accepted image (width x height), checked from the header "
         "before decoding so decompression bombs cost nothing.",
     )
-    default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when the request names none.")
+    default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP/AVIF quality when the request names none.")
+    keep_gps: bool = Field(
+        False,
+        description="Keep the upload's GPS position in the answer's EXIF (a request's `keep_gps` field overrides "
+        "it). Off: a shared service should not republish where a photo was taken; the rest of the EXIF is kept.",
+    )
 
     # --- server ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `python -m service serve` binds.")

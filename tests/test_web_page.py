@@ -190,3 +190,19 @@ def test_too_large_upload_shows_the_413_message(page: object, tmp_path: Path) ->
     playwright_api.expect(page.locator("#error")).to_contain_text("accepts up to")  # warned before sending
     page.click("#enhance")
     playwright_api.expect(page.locator("#error")).to_contain_text("too large", timeout=30_000)
+
+
+def test_a_heic_photo_shows_before_and_after(page: object, tmp_path: Path) -> None:
+    """Chromium cannot show HEIC (iPhone's default): the page asks the service for the upload itself
+    (strength 0, as PNG) for the "before" side, and the answer comes back as a JPEG."""
+    photo = tmp_path / "IMG_0042.HEIC"
+    buffer = io.BytesIO()
+    Image.fromarray(dark_image(90, 120, seed=11)).save(buffer, format="HEIF", quality=90)
+    photo.write_bytes(buffer.getvalue())
+    page.set_input_files("#file-input", str(photo))
+    page.click("#enhance")
+    playwright_api.expect(page.locator("#status")).to_contain_text("Done: 120 × 90", timeout=60_000)
+    size = "[document.getElementById('{}').naturalWidth, document.getElementById('{}').naturalHeight]"
+    page.wait_for_function(f"{size.format('before', 'before')}.join() === '120,90'", timeout=30_000)
+    assert page.evaluate(size.format("after", "after")) == [120, 90]
+    assert page.locator("#download").get_attribute("download") == "IMG_0042-enhanced.jpg"

@@ -20,6 +20,7 @@ from model import contract
 from model.checkpoint import load_weights
 from model.network import FRLIE, SIZE_MULTIPLE
 from training.errors import TrainingError
+from training.fp16 import to_fp16
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,6 @@ def export_onnx(
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     return verify_export(model, path, fp16=fp16) if verify else {}
-
-
-def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The same graph with fp16 weights and arithmetic; inputs and outputs stay fp32, so the file
-    keeps the contract. The metadata is kept, with ``precision`` set to fp16."""
-    from onnxconverter_common import float16
-
-    props = {p.key: p.value for p in proto.metadata_props}
-    converted = float16.convert_float_to_float16(proto, keep_io_types=True)
-    onnx.helper.set_model_props(converted, {**props, contract.PRECISION: "fp16"})
-    return converted
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,6 +24,7 @@ import onnx
 
 from model import contract
 from training.errors import TrainingError
+from training.fp16 import to_fp16
 from training.int8_measure import MAX_PSNR_LOSS_DB, MAX_SSIM_LOSS, quality
 from training.onnx_metadata import read_metadata, update_metadata
 
@@ -92,8 +93,6 @@ def build_and_gate(fp32_path: Path, data_root: Path, out_path: Path | None = Non
 def build_fp16_and_gate(fp32_path: Path, data_root: Path, out_path: Path | None = None) -> dict[str, Any]:
     """Convert ``fp32_path`` to fp16 (NAME-fp16.onnx beside it unless ``out_path``), measure it
     against fp32 on ``data_root``/val, and record the verdict in the fp16 file."""
-    from training.export import to_fp16
-
     fp16_file = out_path or contract.fp16_path(fp32_path)
     converted = to_fp16(onnx.load(str(fp32_path)))
     record = {"tool": FP16_METHOD, "weights": "float16", "activations": "float16"}

@@ -11,7 +11,7 @@ const els = {
   result: $("result-section"), before: $("before"), after: $("after"), clip: $("before-clip"),
   divider: $("divider"), reveal: $("reveal"), download: $("download"), details: $("details"),
 };
-const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
+const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/avif": "avif" };
 let limits = { bytes: null, pixels: null };
 let chosen = null;        // the File to enhance
 let request = null;       // the XMLHttpRequest in flight
@@ -43,7 +43,7 @@ async function loadServiceInfo() {
       return;
     }
     limits = { bytes: body.settings.max_upload_bytes, pixels: body.settings.max_pixels };
-    els.limits.textContent = `JPEG, PNG, WebP, BMP or TIFF; up to ${formatBytes(limits.bytes)} and `
+    els.limits.textContent = `JPEG, HEIC, AVIF, PNG, WebP, BMP or TIFF; up to ${formatBytes(limits.bytes)} and `
       + `${(limits.pixels / 1e6).toFixed(0)} megapixels.`;
     setStatus(`Ready: model ${body.model_version} on ${body.execution_provider.replace("ExecutionProvider", "")}.`);
   } catch (error) {
@@ -137,7 +137,7 @@ function post(file, fields) {
   return { xhr, form };
 }
 
-// The browser cannot show every upload (TIFF): then the service's strength=0 answer, an upright PNG
+// The browser cannot show every upload (TIFF, HEIC): then the service's strength=0 answer, an upright PNG
 // of the upload itself, is the "before" picture.
 function showOriginal(file) {
   els.before.onerror = () => {
