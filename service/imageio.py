@@ -138,12 +138,12 @@ def _decode_pixels(image: Image.Image, data: bytes, keep_gps: bool) -> DecodedIm
     source_format = image.format or ""
     icc_profile = _rgb_profile_or_none(image.info.get("icc_profile"))
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    deep = _sixteen_bit_rgb(image, data)
-    image.load()
-    ImageOps.exif_transpose(image, in_place=True)  # also takes the orientation out of image.getexif()
     exif = answer_exif(image.getexif(), keep_gps)
+    deep = _sixteen_bit_rgb(image, data)
     if deep is not None:
         return _deep_image(upright(deep, orientation), icc_profile, source_format, exif)
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)
     if image.mode in SIXTEEN_BIT_GRAY_MODES:
         image = _sixteen_bit_gray_to_l(image)
     elif image.mode == "F":
@@ -160,6 +160,19 @@ def _decode_pixels(image: Image.Image, data: bytes, keep_gps: bool) -> DecodedIm
     return DecodedImage(rgb, alpha, icc_profile, source_format, gray_layout or is_gray(rgb, tolerance), exif)
 
 
+# IFD0 tags the answer does not carry over: pointers to sub-IFDs (copied as records below), the
+# layout of the upload's own pixel data (a TIFF upload's IFD0 is its image directory), its ICC
+# profile (carried separately) and XMP (which may hold the GPS position too).
+NOT_CARRIED_TAGS = frozenset(
+    (
+        ExifTags.IFD.Exif,
+        ExifTags.IFD.GPSInfo,
+        *(256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 320, 322, 323, 324, 325, 338, 339),
+        *(513, 514, 530, 531, 532, 700, 34675),
+    )
+)
+
+
 def answer_exif(exif: Image.Exif, keep_gps: bool) -> bytes | None:
     """The upload's EXIF as the answer carries it: IFD0 and the Exif sub-IFD (camera, dates, exposure)
     copied into a new record with the orientation reset (the answer's pixels are upright), without the
@@ -171,7 +184,7 @@ def answer_exif(exif: Image.Exif, keep_gps: bool) -> bytes | None:
         return None
     answer = Image.Exif()
     for tag, value in exif.items():
-        if tag not in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+        if tag not in NOT_CARRIED_TAGS:
             answer[tag] = value
     answer[ExifTags.Base.Orientation] = 1
     details = dict(exif.get_ifd(ExifTags.IFD.Exif))

@@ -179,15 +179,21 @@ def test_sixteen_bit_png_answer_keeps_its_profile_and_exif() -> None:
 def test_sixteen_bit_orientation_matches_the_eight_bit_path() -> None:
     samples = _gradient16()
     samples[:6] = 60000
-    exif = _camera_exif(6).tobytes()
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, samples, photometric="rgb")
     eight_bit = Image.fromarray((samples >> 8).astype(np.uint8))
     for orientation in range(1, 9):
         upright = imageio.upright(samples, orientation)
         expected = np.asarray(_turned_by_pillow(eight_bit, orientation))
         assert np.abs((upright >> 8).astype(int) - expected).max() == 0, orientation
-    assert exif  # the JPEG-style tag is what selects the turn
+
+
+def test_a_tiff_upload_carries_its_camera_tags_not_its_image_layout(server: ServerProcess) -> None:
+    """A TIFF's first directory is its image layout as well as its EXIF: only the latter travels."""
+    upload = _saved(dark_image(HEIGHT, WIDTH, seed=9), "TIFF", exif=_camera_exif().tobytes())
+    assert 273 in Image.open(io.BytesIO(upload)).getexif()  # StripOffsets, in the upload's own record
+    answer, _ = _post(server, upload, "scan.tif")
+    exif = answer.getexif()
+    assert answer.format == "PNG" and exif[ExifTags.Base.Make] == "Canon"
+    assert not {256, 257, 258, 273, 279} & set(exif)  # width, height, bits, strips
 
 
 def _turned_by_pillow(image: Image.Image, orientation: int) -> Image.Image:

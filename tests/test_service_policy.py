@@ -250,13 +250,16 @@ def test_the_bundled_model_and_its_int8_sibling_carry_the_same_calibrated_policy
 
 @pytest.mark.parametrize("jpeg_quality", [None, 90])
 def test_evaluate_answers_exactly_what_the_service_answers(
-    lol_pairs: Path, tmp_path: Path, jpeg_quality: int | None
+    lol_pairs: Path, tmp_path: Path, jpeg_quality: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A val low (and the same low x3), through `training evaluate`'s served model and through
-    POST /enhance of the bundled model at default settings: the same bytes of pixels."""
+    POST /enhance of the bundled model at default settings: the same bytes of pixels. Each process
+    races the precisions on its own (service.precision); the served model is held to the file the
+    server's race chose, so a close race on this host cannot make the two differ."""
     low = load_rgb(list_pairs(lol_pairs / "val")[0].low)
     server = ServerProcess(BUNDLED_MODEL_PATH, tmp_path / "bundled.log", intra_op_threads=0).start()
     try:
+        monkeypatch.setenv("FRLIE_PRECISION", server.readyz()["precision_choice"]["choice"])
         with ServedModel(BUNDLED_MODEL_PATH) as served:
             for image in (low, _lifted(low, 3.0)):
                 upload = encode_upload(image, jpeg_quality)
