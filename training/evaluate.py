@@ -410,6 +410,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"also score exposure variants of the inputs ({', '.join(EXPOSURE_VARIANTS)}; 'high' against itself), "
         f"each uploaded as PNG and as JPEG q{EXPOSURE_JPEG_QUALITY}",
     )
+    parser.add_argument(
+        "--non-lol",
+        action="store_true",
+        help="also run the non-LOL benchmark (training.colour_bench): package-shipped colour photos darkened "
+        "by a camera model, PNG and JPEG q90 uploads, PSNR and CIEDE2000 against the original and a tone-curve oracle",
+    )
     parser.add_argument("--figure", metavar="NAME", help="image (e.g. 101 or 101.png) for a before/after JPEG")
     parser.add_argument("--figure-out", type=Path, metavar="FILE.jpg", help="where --figure writes (< 300 KB)")
     parser.add_argument(
@@ -460,6 +466,15 @@ def run(args: argparse.Namespace) -> int:
                     (f"JPEG q{EXPOSURE_JPEG_QUALITY}", jpeg_uploads(enhancer, EXPOSURE_JPEG_QUALITY)),
                 )
             }
+        if args.non_lol:
+            from training import colour_bench
+
+            def uploading(quality: int | None) -> Enhance:
+                if isinstance(enhancer, ServedModel):
+                    return enhancer.uploading(quality)
+                return enhancer if quality is None else jpeg_uploads(enhancer, quality)
+
+            result["non_lol"] = [vars(row) for row in colour_bench.benchmark(uploading)]
     except (ValueError, argparse.ArgumentTypeError) as exc:  # includes PairedDataError and a bad --strength
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -467,6 +482,12 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(result))
     for upload, rows in result.get("exposures", {}).items():
         print(f"\n{upload} uploads\n" + format_exposures(rows, result["count"]))
+    if "non_lol" in result:
+        from training import colour_bench
+
+        rows = [colour_bench.Row(**row) for row in result["non_lol"]]
+        print("\nnon-LOL benchmark (training.colour_bench)\n" + colour_bench.format_rows(rows))
+        print(f"issue 22 bar on the held-out photos: {colour_bench.done_when(rows)}")
     if args.save_dir is not None:
         print(f"wrote {args.save_dir / ENHANCED_DIR}/ and {args.save_dir / COMPARISON_SHEET}")
     if args.json is not None:

@@ -1,0 +1,63 @@
+"""training.colour_bench, the non-LOL benchmark: its photos, its camera model of a dark capture, its
+tone-curve oracle and its scores, on the real package-shipped photos (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import colour_bench as bench
+
+
+def test_every_photo_ships_with_its_package_and_a_licence_and_some_are_held_out() -> None:
+    for photo in bench.PHOTOS:
+        rgb = bench.load_photo(photo)
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and min(rgb.shape[:2]) >= 256, photo.name
+        assert bench.mean_luma(rgb) > 0.2 and photo.licence  # a normal exposure, and usable
+    splits = [photo.split for photo in bench.PHOTOS]
+    assert splits.count(bench.HELD_OUT) >= 2 and splits.count(bench.FIT) >= 2
+
+
+def test_srgb_transfer_functions_invert_each_other() -> None:
+    values = np.linspace(0.0, 1.0, 1001)
+    np.testing.assert_allclose(bench.linear_to_srgb(bench.srgb_to_linear(values)), values, atol=1e-9)
+    assert bench.srgb_to_linear(np.array([0.5]))[0] == pytest.approx(0.2140, abs=1e-4)
+
+
+@pytest.mark.parametrize("divisor", [8, 16])
+def test_a_dark_capture_has_a_kth_of_the_light_and_shot_noise(divisor: int) -> None:
+    original = bench.load_photo(bench.PHOTOS[3])
+    dark = bench.darken(original, divisor, np.random.default_rng(0))
+    light = bench.srgb_to_linear(original / 255.0).mean()
+    captured = bench.srgb_to_linear(dark / 255.0).mean()
+    assert captured == pytest.approx(light / divisor, rel=0.05)
+    again = bench.darken(original, divisor, np.random.default_rng(1))
+    assert np.abs(again.astype(int) - dark).mean() > 0.5  # the noise is drawn, not fixed
+
+
+def test_the_oracle_reaches_the_original_brightness_and_keeps_colour_order() -> None:
+    original = bench.load_photo(bench.PHOTOS[3])
+    dark = bench.darken(original, 8, np.random.default_rng(0))
+    oracle = bench.tone_curve_oracle(dark, original)
+    assert bench.mean_luma(oracle) == pytest.approx(bench.mean_luma(original), abs=0.003)
+    # One curve for every channel: wherever the dark pixel has R > G, the brightened one does too.
+    redder = dark[..., 0].astype(int) > dark[..., 1].astype(int) + 2
+    assert (oracle[..., 0][redder] >= oracle[..., 1][redder]).all()
+    assert bench.mean_ciede2000(original, original) == 0.0
+    assert bench.mean_ciede2000(oracle, original) < bench.mean_ciede2000(dark, original)
+
+
+def test_the_benchmark_scores_each_photo_darkening_and_upload_against_the_oracle() -> None:
+    """The uploads themselves as the 'answer': far darker than the oracle's, so they score worse."""
+    photos = (bench.PHOTOS[0], bench.PHOTOS[3])
+    rows = bench.benchmark(lambda quality: lambda image: image, photos, divisors=(8,))
+    assert [(r.photo, r.upload) for r in rows] == [
+        ("astronaut", "PNG"),
+        ("astronaut", "JPEG q90"),
+        ("coffee", "PNG"),
+        ("coffee", "JPEG q90"),
+    ]
+    assert all(r.psnr < r.oracle_psnr and r.ciede2000 > r.oracle_ciede2000 for r in rows)
+    assert bench.done_when(rows) == {"JPEG q90": False, "PNG": False}
+    table = bench.format_rows(rows)
+    assert "| held-out (1 photos x 1 darkenings) | PNG |" in table and "coffee (held-out) /8 JPEG q90" in table

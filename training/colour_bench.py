@@ -1,0 +1,213 @@
+"""A non-LOL benchmark (issue 22): real colour photos, darkened as a camera captures a dark scene.
+
+lol-pairs is indoor scenes whose lows carry a strong red cast (../shared/reference/colour-trial.md),
+so it cannot show what the service does to the colours of other photos. This benchmark takes
+well-exposed photos that ship inside packages the project installs (scikit-image's and matplotlib's
+sample data, each with its licence recorded in ``PHOTOS``), darkens each with a physically based
+low-light model (``darken``) and sends the dark version through the enhancer as PNG and as JPEG q90.
+It scores the answer against the original photo: PSNR, and mean CIEDE2000 (the perceptual colour
+difference; skimage.color). The anchor row is a tone curve that is *told* the original's mean
+brightness (``tone_curve_oracle``): a per-pixel gamma keeps hue, so a network that changes colours
+more than it does shows it here.
+
+Photos are split once: ``held-out`` ones are never used to train or to choose a constant; only
+their rows are the benchmark's result. ``fit`` ones may be used for either.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training.metrics import psnr
+
+Enhance = Callable[[np.ndarray], np.ndarray]
+
+HELD_OUT, FIT = "held-out", "fit"
+EXPOSURE_DIVISORS = (8, 16)  # the scene gets 1/k of the light of the well-exposed original
+FULL_WELL_ELECTRONS = 4000.0  # a linear value of 1.0 in the original fills the well
+READ_NOISE_ELECTRONS = 4.0  # Gaussian read noise, electrons (a phone sensor at base ISO)
+JPEG_QUALITY = 90
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    package: str  # the installed distribution whose sample data holds it
+    path: str  # inside that package
+    licence: str
+    split: str
+
+
+PHOTOS = (
+    Photo("astronaut", "skimage", "data/astronaut.png", "NASA; no known copyright restrictions, public domain", FIT),
+    Photo("chelsea", "skimage", "data/chelsea.png", "CC0 by the photographer (Stefan van der Walt)", FIT),
+    Photo("rocket", "skimage", "data/rocket.jpg", "SpaceX, released into the public domain (CC0)", FIT),
+    Photo("coffee", "skimage", "data/coffee.png", "CC0 by the photographer (Rachel Michetti)", HELD_OUT),
+    Photo(
+        "grace_hopper",
+        "matplotlib",
+        "mpl-data/sample_data/grace_hopper.jpg",
+        "US Navy photograph, public domain",
+        HELD_OUT,
+    ),
+)
+
+
+def load_photo(photo: Photo) -> np.ndarray:
+    """The photo as H x W x 3 uint8, from the installed package's files."""
+    import importlib
+
+    module = importlib.import_module(photo.package)
+    path = Path(module.__file__ or "").parent / photo.path
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 decoding of sRGB values in [0, 1]."""
+    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(values: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 encoding of linear values in [0, 1]."""
+    values = np.clip(values, 0.0, 1.0)
+    return np.where(values <= 0.0031308, values * 12.92, 1.055 * values ** (1 / 2.4) - 0.055)
+
+
+def darken(rgb: np.ndarray, divisor: float, rng: np.random.Generator) -> np.ndarray:
+    """The scene of ``rgb`` (uint8 sRGB) captured with 1/``divisor`` of its light: linear light scaled
+    down, Poisson shot noise on the electrons a ``FULL_WELL_ELECTRONS`` well collects, Gaussian read
+    noise, then back to 8-bit sRGB (no brightening: the camera's output is the dark photo)."""
+    electrons = srgb_to_linear(rgb.astype(np.float64) / 255.0) * (FULL_WELL_ELECTRONS / divisor)
+    captured = rng.poisson(electrons) + rng.normal(0.0, READ_NOISE_ELECTRONS, electrons.shape)
+    linear = np.clip(captured / FULL_WELL_ELECTRONS, 0.0, 1.0)
+    return np.rint(linear_to_srgb(linear) * 255.0).astype(np.uint8)
+
+
+def mean_luma(rgb: np.ndarray) -> float:
+    return float((rgb.astype(np.float64) / 255.0 @ np.array([0.299, 0.587, 0.114])).mean())
+
+
+def tone_curve_oracle(upload: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """``upload`` brightened by one gamma curve, applied to every channel, whose exponent makes its
+    mean luma equal the original's (bisection): the best a hue-keeping tone curve can do when it is
+    told the answer's brightness."""
+    target, values = mean_luma(original), upload.astype(np.float64) / 255.0
+    low, high = 0.05, 1.0  # exponents: 1.0 leaves the upload as it is, smaller ones brighten
+    for _ in range(40):
+        middle = (low + high) / 2
+        if mean_luma(np.rint(values**middle * 255.0)) > target:
+            low = middle
+        else:
+            high = middle
+    return np.rint(values ** ((low + high) / 2) * 255.0).astype(np.uint8)
+
+
+def mean_ciede2000(answer: np.ndarray, original: np.ndarray) -> float:
+    """Mean CIEDE2000 colour difference between two uint8 sRGB images (D65 Lab)."""
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    return float(deltaE_ciede2000(rgb2lab(answer), rgb2lab(original)).mean())
+
+
+def upload_bytes(rgb: np.ndarray, jpeg_quality: int | None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG" if jpeg_quality is None else "JPEG", quality=jpeg_quality or 95)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Row:
+    photo: str
+    split: str
+    divisor: int
+    upload: str  # PNG or JPEG q90
+    psnr: float
+    ciede2000: float
+    oracle_psnr: float
+    oracle_ciede2000: float
+
+
+def benchmark(
+    uploading: Callable[[int | None], Enhance],
+    photos: Sequence[Photo] = PHOTOS,
+    divisors: Sequence[int] = EXPOSURE_DIVISORS,
+) -> list[Row]:
+    """Every photo, darkened by each divisor (one seeded noise draw per photo and divisor), uploaded
+    as PNG and as JPEG q90 through ``uploading(quality)`` (None: PNG), scored against the original."""
+    rows = []
+    for index, photo in enumerate(photos):
+        original = load_photo(photo)
+        for divisor in divisors:
+            dark = darken(original, divisor, np.random.default_rng((SEED, index, divisor)))
+            for upload, quality in (("PNG", None), (f"JPEG q{JPEG_QUALITY}", JPEG_QUALITY)):
+                sent = np.asarray(Image.open(io.BytesIO(upload_bytes(dark, quality))).convert("RGB"))
+                answer = uploading(quality)(dark)
+                oracle = tone_curve_oracle(sent, original)
+                rows.append(
+                    Row(
+                        photo.name,
+                        photo.split,
+                        divisor,
+                        upload,
+                        psnr(answer, original),
+                        mean_ciede2000(answer, original),
+                        psnr(oracle, original),
+                        mean_ciede2000(oracle, original),
+                    )
+                )
+    return rows
+
+
+def format_rows(rows: Sequence[Row]) -> str:
+    """The per-split means, PNG and JPEG rows, service against the oracle; then every row."""
+    lines = [
+        "| photos | upload | service PSNR dB | oracle PSNR dB | service CIEDE2000 | oracle CIEDE2000 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split in (HELD_OUT, FIT):
+        for upload in sorted({row.upload for row in rows}, reverse=True):
+            mine = [row for row in rows if row.split == split and row.upload == upload]
+            if not mine:
+                continue
+            mean = _means(mine)
+            count = len({row.photo for row in mine})
+            lines.append(
+                f"| {split} ({count} photos x {len(mine) // count} darkenings) | {upload} | {mean['psnr']:.2f} | "
+                f"{mean['oracle_psnr']:.2f} | {mean['ciede2000']:.2f} | {mean['oracle_ciede2000']:.2f} |"
+            )
+    lines.append("")
+    for row in rows:
+        lines.append(
+            f"{row.photo} ({row.split}) /{row.divisor} {row.upload}: {row.psnr:.2f} dB, dE {row.ciede2000:.2f}; "
+            f"oracle {row.oracle_psnr:.2f} dB, dE {row.oracle_ciede2000:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def done_when(rows: Sequence[Row]) -> dict[str, bool]:
+    """Issue 22's bar on the held-out rows, per upload kind: CIEDE2000 at most the oracle's and PSNR at
+    least the oracle's + 1 dB (means over the held-out photos and divisors)."""
+    verdict = {}
+    for upload in sorted({row.upload for row in rows}):
+        held = [row for row in rows if row.split == HELD_OUT and row.upload == upload]
+        if held:
+            mean = _means(held)
+            verdict[upload] = bool(
+                mean["ciede2000"] <= mean["oracle_ciede2000"] and mean["psnr"] >= mean["oracle_psnr"] + 1.0
+            )
+    return verdict
+
+
+SCORES = ("psnr", "ciede2000", "oracle_psnr", "oracle_ciede2000")
+
+
+def _means(rows: Sequence[Row]) -> dict[str, float]:
+    return {key: float(np.mean([getattr(row, key) for row in rows])) for key in SCORES}
