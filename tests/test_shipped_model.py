@@ -42,17 +42,24 @@ def test_shipped_files_are_one_small_onnx_its_weights_and_their_record() -> None
     assert record["stage2"]["selected_val"] == pytest.approx(weights["metrics"])
 
 
-def test_siblings_share_the_policy_and_passed_their_quality_gates() -> None:
+def test_siblings_share_the_policy_and_record_the_verdict_of_their_quality_gates() -> None:
     """frlie-int8.onnx (CPUs) and frlie-fp16.onnx (GPUs) are the same weights, gated against fp32 on
-    val when they shipped: `FRLIE_PRECISION=auto` races only files that passed."""
+    val when they shipped: `FRLIE_PRECISION=auto` races only files that passed. The verdict follows
+    the recorded figures and limits; fp16 passed, int8 loses too much on one val photo (302)."""
     policy = read_metadata(ONNX_FILE)["policy"]
     for precision in ("int8", "fp16"):
         sibling = WEIGHTS_DIR / f"frlie-{precision}.onnx"
         meta = read_metadata(sibling)
         record = json.loads(meta["quantization"])
+        gate, limits = record["gate"], record["gate"]["limits"]
         assert meta["precision"] == precision and meta["policy"] == policy, sibling
-        assert record["quality_gate"] == "passed" and record["gate"]["precision"] == precision
-        assert record["gate"]["psnr_drop_db"] <= 0.1 and record["gate"]["ssim_drop"] <= 0.005
+        within = (
+            gate["psnr_drop_db"] <= limits["max_psnr_drop_db"]
+            and gate["ssim_drop"] <= limits["max_ssim_drop"]
+            and gate["worst_image"]["psnr_drop_db"] <= limits["max_image_psnr_drop_db"]
+        )
+        assert gate["precision"] == precision and record["quality_gate"] == ("passed" if within else "failed")
+    assert json.loads(read_metadata(WEIGHTS_DIR / "frlie-fp16.onnx")["quantization"])["quality_gate"] == "passed"
 
 
 def test_onnx_file_is_the_export_of_the_shipped_weights() -> None:

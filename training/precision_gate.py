@@ -2,9 +2,10 @@
 
 `ship` (and `export --int8 / --fp16`) writes each sibling of the fp32 model, then measures it
 against fp32 on val with the int8 benchmark's own quality measurement (``training.int8_measure``:
-val PSNR / SSIM of both files through ONNX Runtime's CPU provider) against fixed limits (at most
-0.1 dB PSNR and 0.005 SSIM lost). The verdict and figures go into the file's ``quantization``
-record; the service never runs a file that failed, unless asked for it by name.
+val PSNR / SSIM of both files through ONNX Runtime's CPU provider) against fixed limits: at most
+0.1 dB PSNR and 0.005 SSIM lost on average, and at most 0.1 dB on any one image. The verdict and
+figures go into the file's ``quantization`` record; the service never runs a file that failed,
+unless asked for it by name.
 
 Speed is not part of the gate: whether a file is faster depends on the host (the same int8 file is
 1.97x fp32 on a Xeon with VNNI and AMX, 0.99x on an AVX2 machine without), so the service races the
@@ -33,10 +34,22 @@ log = logging.getLogger(__name__)
 FP16_METHOD = "onnxconverter-common float16, inputs and outputs kept float32 (keep_io_types)"
 
 
+# The service promises that its answer never scores below the plain fp32 network's minus 0.2 dB, on
+# any photo (tests/test_do_no_harm.py); a reduced-precision file may spend at most half of that on
+# any one val image. A mean can hide one photo that an int8 range clips (val 302: -0.29 dB).
+MAX_IMAGE_PSNR_LOSS_DB = 0.1
+
+
 def measure(fp32_path: Path, sibling: Path, data_root: Path, precision: str) -> dict[str, Any]:
     """Quality on ``data_root``/val of ``sibling`` against its fp32 model, and the verdict."""
     (low,) = quality(fp32_path, sibling, data_root, ("low",), label=precision)
-    passed = low["psnr_loss_db"] <= MAX_PSNR_LOSS_DB and low["ssim_loss"] <= MAX_SSIM_LOSS
+    drops = {image["name"]: image["fp32_psnr"] - image[f"{precision}_psnr"] for image in low["images"]}
+    worst = max(drops, key=lambda name: drops[name])
+    passed = (
+        low["psnr_loss_db"] <= MAX_PSNR_LOSS_DB
+        and low["ssim_loss"] <= MAX_SSIM_LOSS
+        and drops[worst] <= MAX_IMAGE_PSNR_LOSS_DB
+    )
     return {
         "precision": precision,
         "val_pairs": low["pairs"],
@@ -45,7 +58,12 @@ def measure(fp32_path: Path, sibling: Path, data_root: Path, precision: str) -> 
         "psnr_drop_db": low["psnr_loss_db"],
         "ssim_drop": low["ssim_loss"],
         "vs_fp32_psnr_db": low[f"{precision}_vs_fp32_psnr_mean"],
-        "limits": {"max_psnr_drop_db": MAX_PSNR_LOSS_DB, "max_ssim_drop": MAX_SSIM_LOSS},
+        "worst_image": {"name": worst, "psnr_drop_db": drops[worst]},
+        "limits": {
+            "max_psnr_drop_db": MAX_PSNR_LOSS_DB,
+            "max_ssim_drop": MAX_SSIM_LOSS,
+            "max_image_psnr_drop_db": MAX_IMAGE_PSNR_LOSS_DB,
+        },
         "passed": passed,
     }
 
@@ -65,7 +83,8 @@ def describe(figures: dict[str, Any]) -> str:
     return (
         f"{precision} on val ({figures['val_pairs']} pairs): PSNR {figures[precision]['psnr']:.3f} vs fp32 "
         f"{figures['fp32']['psnr']:.3f} dB (drop {figures['psnr_drop_db']:.3f}), SSIM "
-        f"{figures[precision]['ssim']:.4f} vs {figures['fp32']['ssim']:.4f} (drop {figures['ssim_drop']:.4f}); "
+        f"{figures[precision]['ssim']:.4f} vs {figures['fp32']['ssim']:.4f} (drop {figures['ssim_drop']:.4f}), "
+        f"worst image {figures['worst_image']['name']} -{figures['worst_image']['psnr_drop_db']:.3f} dB; "
         f"gate {verdict}"
     )
 
