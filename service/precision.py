@@ -17,8 +17,9 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,7 @@ RACE_BUDGET_S = 4.0  # the whole race, warm-up included (start-up waits for it)
 MAX_ROUNDS = 5
 # The window every candidate runs: a photo-like size (a multiple of every model's size multiple),
 # large enough that per-call overhead does not dominate, small enough for several rounds.
-RACE_WINDOW = {"CPUExecutionProvider": (256, 256)}
-GPU_RACE_WINDOW = (512, 512)
+CPU_RACE_WINDOW, GPU_RACE_WINDOW = (256, 256), (512, 512)
 
 
 def sibling_path(model_path: Path, precision: str) -> Path:
@@ -142,10 +142,6 @@ class PrecisionReport:
         return asdict(self)
 
 
-def _window(provider: str) -> tuple[int, int]:
-    return RACE_WINDOW.get(provider, GPU_RACE_WINDOW)
-
-
 def open_precision(
     model_path: Path,
     mode: str,
@@ -187,9 +183,10 @@ def open_precision(
                 sessions[precision] = session
     report = PrecisionReport("auto", FP32, "fp32 is the only eligible file", candidates)
     if len(sessions) > 1:
-        height, width = _window(provider)
+        height, width = CPU_RACE_WINDOW if provider in PROVIDERS_FOR[INT8] else GPU_RACE_WINDOW
         window = np.random.default_rng(0).random((1, 3, height, width), dtype=np.float32) * np.float32(0.3)
-        runners = {name: _runner(session, window) for name, session in sessions.items()}
+        feed = {contract.INPUT_NAME: window}
+        runners = {name: partial(session.run, [contract.OUTPUT_NAME], feed) for name, session in sessions.items()}
         seconds, report.race_seconds = race(runners, budget_s)
         for candidate in candidates:
             candidate.seconds = seconds.get(candidate.precision)
@@ -202,11 +199,3 @@ def open_precision(
         )
     log.info("precision: %s (%s)", report.choice, report.reason)
     return sessions[report.choice], sibling_path(model_path, report.choice), report
-
-
-def _runner(session: ort.InferenceSession, window: np.ndarray) -> Callable[[], object]:
-    def run() -> Sequence[object]:
-        result: Sequence[object] = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: window})
-        return result
-
-    return run
