@@ -50,7 +50,7 @@ def time_request(engine: Engine, settings: Settings, data: bytes) -> StageTimes:
     started = clock()
     decoded = imageio.decode(data, settings.max_pixels)
     decode_s = clock() - started
-    spec = imageio.choose_output(None, None, decoded, settings.default_quality)
+    spec = imageio.choose_output(None, None, decoded)
     started = clock()
     policy = Policy(engine.policy_constants)
     decided = policy.plan(decoded.rgb, lossy=decoded.lossy, grayscale=decoded.grayscale, strength=1.0, passes=1)

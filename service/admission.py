@@ -27,6 +27,10 @@ class Cost:
     seconds: float | None
 
 
+# Retry-After when no wait can be predicted (model loading, every place taken), and the smallest sent.
+MIN_RETRY_AFTER_S = 1
+
+
 class Admission:
     """Counts admitted requests and their cost; used from the event loop only, so no lock is needed."""
 

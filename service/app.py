@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException
 
-from service.admission import Admission
+from service.admission import MIN_RETRY_AFTER_S, Admission
 from service.engine import Engine
 from service.errors import (
     HTTP_STATUS_CODES,
@@ -94,7 +94,7 @@ class ServiceState:
             settings.queue_size,
             settings.max_queued_pixels,
             settings.request_timeout_s,
-            settings.retry_after_s,
+            MIN_RETRY_AFTER_S,
             metrics.inflight_requests,
         )
         self.pipeline: Pipeline | None = None
@@ -116,7 +116,7 @@ class ServiceState:
     def ready_pipeline(self) -> Pipeline:
         if self.pipeline is None:
             detail = self.load_error or "the model is still loading"
-            raise NotReady(detail, self.settings.retry_after_s)
+            raise NotReady(detail, MIN_RETRY_AFTER_S)
         return self.pipeline
 
 

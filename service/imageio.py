@@ -296,8 +296,12 @@ def _rgb_profile_or_none(profile: bytes | None) -> bytes | None:
     return profile if colour_space.strip() == "RGB" else None
 
 
+# JPEG/WebP/AVIF quality when a request names none: each request can name its own, so this is no setting.
+DEFAULT_QUALITY = 90
+
+
 def choose_output(
-    requested: OutputFormat | None, quality: int | None, decoded: DecodedImage, default_quality: int
+    requested: OutputFormat | None, quality: int | None, decoded: DecodedImage, default_quality: int = DEFAULT_QUALITY
 ) -> OutputSpec:
     """By default the upload's own kind of file: JPEG for JPEG, AVIF for AVIF, JPEG for HEIC (which
     browsers cannot show; PNG where it has transparency), PNG otherwise. JPEG cannot carry alpha, so

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 
@@ -27,7 +28,33 @@ from service.metrics import Metrics
 from service.policy import Policy, thumbnail, thumbnail_factor
 from service.settings import Settings
 from service.strength import AUTO, Strength
-from service.tiling import extract_tile, stitch_tile
+from service.tiling import TilePlan, extract_tile, stitch_tile
+
+
+class Progress(Protocol):
+    """Follows one upload's model work as it happens (a job's progress, the folder CLI's bar).
+
+    Progress is counted in model windows (one tile of one pass), not time, so it is exact whatever
+    else the machine does; ``planned`` gives the total and the predicted model seconds up front."""
+
+    def planned(self, windows: int, seconds: float | None) -> None:
+        """The model work this upload needs, known once its plan is made (before any window runs)."""
+
+    def window_done(self) -> None:
+        """One more window's answer is stitched into its output."""
+
+
+class _NoProgress:
+    """Nobody is following: the plain /enhance route and library callers."""
+
+    def planned(self, windows: int, seconds: float | None) -> None:
+        pass
+
+    def window_done(self) -> None:
+        pass
+
+
+NO_PROGRESS: Progress = _NoProgress()
 
 
 @dataclass(frozen=True)
@@ -93,17 +120,24 @@ class Pipeline:
         await self.batcher.close()
 
     async def enhance_pixels(
-        self, image: np.ndarray, out_dtype: type = np.uint8, gain: float = 1.0, passes: int = 1
+        self,
+        image: np.ndarray,
+        out_dtype: type = np.uint8,
+        gain: float = 1.0,
+        passes: int = 1,
+        progress: Progress = NO_PROGRESS,
     ) -> Enhancement:
         """Enhance H x W x 3 (uint8, or float32 in [0, 1]) scaled by ``gain`` (exposure normalisation),
         averaging ``passes`` orientations (service.ensemble); uint8 output is rounded, float is raw.
 
         The passes go to the batcher together, so same-shape ones (the flips) can share ORT calls."""
         if passes == 1:
-            single = await self._enhance_once(image, out_dtype, gain)
+            single = await self._enhance_once(image, out_dtype, gain, progress)
             return Enhancement(single.pixels, single.tiles, _model_seconds(single.reports), single.plan, 1)
         used = ensemble.orientations(passes)
-        runs = deque(asyncio.ensure_future(self._enhance_once(o.forward(image), np.float32, gain)) for o in used)
+        runs = deque(
+            asyncio.ensure_future(self._enhance_once(o.forward(image), np.float32, gain, progress)) for o in used
+        )
         mean, tiles, plan = ensemble.EnsembleMean(), 0, "none"
         reports: set[BatchReport] = set()  # passes that shared an ORT call count its time once
         try:
@@ -119,8 +153,9 @@ class Pipeline:
         pixels = await asyncio.to_thread(mean.result, out_dtype)
         return Enhancement(pixels, tiles, _model_seconds(reports), plan, passes)
 
-    async def _enhance_once(self, image: np.ndarray, out_dtype: type, gain: float) -> _Pass:
-        """One pass of the model over ``image``, tile by tile through the batcher."""
+    async def _enhance_once(self, image: np.ndarray, out_dtype: type, gain: float, progress: Progress) -> _Pass:
+        """One pass of the model over ``image``, tile by tile through the batcher; ``progress`` hears of
+        each finished window, and cancelling the caller withdraws the windows not yet run."""
         height, width = image.shape[:2]
         plan = self.engine.plan(height, width)
         output: np.ndarray = np.empty((height, width, 3), dtype=out_dtype)
@@ -134,24 +169,35 @@ class Pipeline:
             for tile in plan.tiles:
                 if len(pending) >= tiles_in_flight:
                     reports.add(await pending.popleft())
+                    progress.window_done()
                 fill = partial(extract_tile, image, plan, tile, gain=gain)
                 store = partial(stitch_tile, output, tile)
                 pending.append(self.batcher.submit(shape, fill, store))
             while pending:
                 reports.add(await pending.popleft())
+                progress.window_done()
         finally:
             for future in pending:  # only non-empty on error or cancellation
                 future.cancel()
         return _Pass(output, len(plan.tiles), plan.describe(), reports)
 
+    def _model_runs(self, height: int, width: int, passes: int, probe: bool) -> list[tuple[TilePlan, int]]:
+        """(plan, runs of it) for an image of this size in ``passes`` passes, after a thumbnail run with ``probe``."""
+        runs = [(self.engine.plan(height, width), passes)]
+        if probe:
+            factor = thumbnail_factor(height, width)
+            runs.append((self.engine.plan(height // factor, width // factor), 1))
+        return runs
+
     def cost(self, height: int, width: int, passes: int, probe: bool = False) -> Cost:
         """What enhancing an image of this size in ``passes`` self-ensemble passes (after a thumbnail
         run, with ``probe``) will take, from its plan and the measured throughput."""
-        computed = passes * self.engine.plan(height, width).computed_pixels
-        if probe:
-            factor = thumbnail_factor(height, width)
-            computed += self.engine.plan(height // factor, width // factor).computed_pixels
+        computed = sum(runs * plan.computed_pixels for plan, runs in self._model_runs(height, width, passes, probe))
         return Cost(height * width, self.engine.predicted_seconds(computed))
+
+    def windows(self, height: int, width: int, passes: int, probe: bool = False) -> int:
+        """Model windows (tiles of every pass, and of the thumbnail run) the same work is cut into."""
+        return sum(runs * len(plan.tiles) for plan, runs in self._model_runs(height, width, passes, probe))
 
     async def process(
         self,
@@ -161,16 +207,18 @@ class Pipeline:
         strength: Strength = AUTO,
         admit: Callable[[Cost], AbstractContextManager[None]] | None = None,
         keep_gps: bool | None = None,
+        progress: Progress = NO_PROGRESS,
     ) -> EnhancedFile:
         """decode -> plan (service.policy) -> admit -> run -> finish -> encode, for one uploaded file.
 
         ``admit`` (the service's admission control) may refuse the work once its size is known; every
         model run of the request happens inside it. ``keep_gps`` keeps the upload's GPS position in the
         answer's EXIF (None: FRLIE_KEEP_GPS). A 16-bit upload runs in float and keeps its depth.
+        ``progress`` hears the planned model work and each window as it finishes (service.jobs).
         """
         keep = self.settings.keep_gps if keep_gps is None else keep_gps
         decoded = await asyncio.to_thread(imageio.decode, data, self.settings.max_pixels, keep)
-        spec = imageio.choose_output(requested, quality, decoded, self.settings.default_quality)
+        spec = imageio.choose_output(requested, quality, decoded)
         plan = await asyncio.to_thread(
             self.policy.plan,
             decoded.rgb,
@@ -181,16 +229,20 @@ class Pipeline:
         )
         enhancement, applied = Enhancement(decoded.pixels, 0, 0.0), plan.strength  # no model call at all
         if plan.runs_model:
-            with (admit or _admit_everything)(self.cost(decoded.height, decoded.width, plan.passes, plan.needs_probe)):
+            cost = self.cost(decoded.height, decoded.width, plan.passes, plan.needs_probe)
+            with (admit or _admit_everything)(cost):
+                progress.planned(
+                    self.windows(decoded.height, decoded.width, plan.passes, plan.needs_probe), cost.seconds
+                )
                 if plan.needs_probe:  # the reading waits for the network's answer to a thumbnail
-                    probe = await self.enhance_pixels(thumbnail(decoded.rgb), np.float32)
+                    probe = await self.enhance_pixels(thumbnail(decoded.rgb), np.float32, progress=progress)
                     luma = await asyncio.to_thread(estimate_exposure, probe.pixels)
                     plan = self.policy.settle(plan, luma, lossy=decoded.lossy, strength=strength)
                     enhancement = Enhancement(decoded.pixels, probe.tiles, probe.inference_seconds)
                     applied = plan.strength
                 if plan.runs_model:
                     full = await self.enhance_pixels(
-                        decoded.pixels, decoded.pixels.dtype.type, gain=plan.gain, passes=plan.passes
+                        decoded.pixels, decoded.pixels.dtype.type, gain=plan.gain, passes=plan.passes, progress=progress
                     )
                     enhancement = replace(
                         full,

@@ -131,11 +131,20 @@ class Settings(BaseSettings):
         "Requests whose predicted queue wait plus compute (from measured throughput) would pass it are "
         "refused at once: 503 if waiting would help, 413 if the image alone is too slow for this machine.",
     )
-    retry_after_s: int = Field(
-        1,
-        ge=0,
-        description="Retry-After seconds when no wait can be predicted "
-        "(model still loading, or too many requests at once).",
+
+    # --- asynchronous jobs (service.jobs) -----------------------------------------------------
+    job_store: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="Where /jobs keeps job state, progress and results. Unset: in this process (one replica). "
+        "`redis://HOST:6379/0`: in Redis, so every replica sees and runs every job. At most FRLIE_QUEUE_SIZE "
+        "jobs wait (503 past it), and finished results are held up to FRLIE_QUEUE_SIZE x FRLIE_MAX_UPLOAD_BYTES "
+        "bytes (503 to new jobs past it).",
+    )
+    job_ttl_s: int = Field(
+        3600,
+        ge=10,
+        description="How long a job's state, upload and result are kept after its last change; then 404.",
     )
 
     # --- input limits and output encoding --------------------------------------------------
@@ -148,7 +157,6 @@ class Settings(BaseSettings):
         description="Largest accepted image (width x height), checked from the header "
         "before decoding so decompression bombs cost nothing.",
     )
-    default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP/AVIF quality when the request names none.")
     keep_gps: bool = Field(
         False,
         description="Keep the upload's GPS position in the answer's EXIF (a request's `keep_gps` field overrides "
@@ -175,6 +183,12 @@ class Settings(BaseSettings):
             return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
         return value
 
+    @field_validator("job_store", mode="before")
+    @classmethod
+    def _empty_store_is_embedded(cls, value: object) -> object:
+        """`FRLIE_JOB_STORE=` (Compose's empty default) means the embedded store, like unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("self_ensemble")
     @classmethod
     def _ensemble_passes_are_nested(cls, value: int) -> int:
@@ -194,6 +208,7 @@ class Settings(BaseSettings):
 
     def public_view(self) -> dict[str, object]:
         """The settings that matter to operators, for /readyz (no paths beyond the file name)."""
-        data = self.model_dump(exclude={"model_path", "host", "port", "log_level"})
+        data = self.model_dump(exclude={"model_path", "host", "port", "log_level", "job_store"})
         data["model_file"] = self.model_path.name
+        data["job_store"] = "redis" if self.job_store else "embedded"  # the URL may carry a password
         return data

@@ -73,7 +73,6 @@ def strict_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
         queue_size=1,
         request_timeout_s=1.0,
         max_batch_size=1,
-        retry_after_s=2,
     ).start()
     yield running
     assert running.stop() in GRACEFUL_EXIT_CODES
