@@ -18,7 +18,7 @@ STAGE2_MINUTES ?= 125
 ABLATION_MINUTES ?= 100
 TRAIN_FLAGS ?= --threads 2 --resume
 
-.PHONY: help serve test lint train train-exposure train-normalised train-noise train-finetune ablation export ship calibrate evaluate bench clean
+.PHONY: help serve test lint train train-exposure train-normalised train-noise train-finetune train-colour ablation export ship calibrate evaluate bench clean
 
 help:
 	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
@@ -29,6 +29,7 @@ help:
 	@echo "make train-normalised  the 2.2 recipe: the exposure mix on inputs normalised as the service does"
 	@echo "make train-noise  the 2.3 recipe: validate INIT under the noise-aware normalisation, as a run to ship"
 	@echo "make train-finetune  a 2.4 candidate (not adopted): stage 2 fine-tuned from INIT on LOL lows, normalised as the service does"
+	@echo "make train-colour  a 2.5 candidate (issue 22): stage 2 fine-tuned from INIT with colour-diverse inputs"
 	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
 	@echo "make export    export CHECKPOINT=$(CHECKPOINT) to MODEL=$(MODEL)"
 	@echo "make ship      export RUN=$(RUN) into model/weights with its training record (0.2 dB rule)"
@@ -90,6 +91,10 @@ train-noise: $(VENV)/.dev-installed
 FINETUNE_MINUTES ?= 95
 train-finetune: $(VENV)/.dev-installed
 	$(PY) -m training stage2 --preset finetune-2.4 --data $(DATA) --out $(RUNS)/stage2-finetune \
+		--init $(INIT) --max-minutes $(FINETUNE_MINUTES) $(TRAIN_FLAGS)
+
+train-colour: $(VENV)/.dev-installed
+	$(PY) -m training stage2 --preset colour-2.5 --data $(DATA) --out $(RUNS)/stage2-colour \
 		--init $(INIT) --max-minutes $(FINETUNE_MINUTES) $(TRAIN_FLAGS)
 
 ablation: $(VENV)/.dev-installed

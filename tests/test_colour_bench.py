@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from training import camera
 from training import colour_bench as bench
 
 
@@ -20,24 +21,24 @@ def test_every_photo_ships_with_its_package_and_a_licence_and_some_are_held_out(
 
 def test_srgb_transfer_functions_invert_each_other() -> None:
     values = np.linspace(0.0, 1.0, 1001)
-    np.testing.assert_allclose(bench.linear_to_srgb(bench.srgb_to_linear(values)), values, atol=1e-9)
-    assert bench.srgb_to_linear(np.array([0.5]))[0] == pytest.approx(0.2140, abs=1e-4)
+    np.testing.assert_allclose(camera.linear_to_srgb(camera.srgb_to_linear(values)), values, atol=1e-9)
+    assert camera.srgb_to_linear(np.array([0.5]))[0] == pytest.approx(0.2140, abs=1e-4)
 
 
 @pytest.mark.parametrize("divisor", [8, 16])
 def test_a_dark_capture_has_a_kth_of_the_light_and_shot_noise(divisor: int) -> None:
     original = bench.load_photo(bench.PHOTOS[3])
-    dark = bench.darken(original, divisor, np.random.default_rng(0))
-    light = bench.srgb_to_linear(original / 255.0).mean()
-    captured = bench.srgb_to_linear(dark / 255.0).mean()
+    dark = camera.darken(original, divisor, np.random.default_rng(0))
+    light = camera.srgb_to_linear(original / 255.0).mean()
+    captured = camera.srgb_to_linear(dark / 255.0).mean()
     assert captured == pytest.approx(light / divisor, rel=0.05)
-    again = bench.darken(original, divisor, np.random.default_rng(1))
+    again = camera.darken(original, divisor, np.random.default_rng(1))
     assert np.abs(again.astype(int) - dark).mean() > 0.5  # the noise is drawn, not fixed
 
 
 def test_the_oracle_reaches_the_original_brightness_and_keeps_colour_order() -> None:
     original = bench.load_photo(bench.PHOTOS[3])
-    dark = bench.darken(original, 8, np.random.default_rng(0))
+    dark = camera.darken(original, 8, np.random.default_rng(0))
     oracle = bench.tone_curve_oracle(dark, original)
     assert bench.mean_luma(oracle) == pytest.approx(bench.mean_luma(original), abs=0.003)
     # One curve for every channel: wherever the dark pixel has R > G, the brightened one does too.

@@ -211,6 +211,12 @@ def test_makefile_presets_give_the_configs_of_the_old_flag_lists(target: str) ->
     ]
 
 
+def test_the_colour_preset_mixes_recast_and_synthetic_inputs_into_a_warm_start() -> None:
+    config = parse_config(["stage2", "--data", "D", "--out", "R", "--preset", "colour-2.5", "--init", "w.pt"])
+    assert (config.colour_recast, config.colour_synthetic, config.init) == (0.25, 0.25, Path("w.pt"))
+    assert parse_config(["stage2", "--data", "D", "--out", "R", "--colour-recast", "0.1"]).colour_recast == 0.1
+
+
 def test_flags_override_a_preset_wherever_they_stand() -> None:
     base = ["stage2", "--data", "D", "--out", "R"]
     preset = parse_config([*base, "--preset", "exposure-2.0"])

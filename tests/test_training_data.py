@@ -9,6 +9,7 @@ import torch
 from conftest import write_synthetic_pairs
 
 from service.exposure import estimate_exposure
+from training.colour_mix import ColourMix
 from training.data import ExposureMix, PairedImages, list_pairs, load_rgb
 from training.normalisation import ExposureNormalisation
 
@@ -64,3 +65,19 @@ def test_reference_zero_leaves_inputs_alone(pairs_root: Path) -> None:
     plain = PairedImages(pairs_root, crop=32, augment=False)
     off = PairedImages(pairs_root, crop=32, augment=False, normalisation=ExposureNormalisation(0.0, 1.0))
     assert torch.equal(_sample(off, 1, seed=5)[0], _sample(plain, 1, seed=5)[0])
+
+
+def test_colour_samples_change_the_input_only(pairs_root: Path) -> None:
+    plain = PairedImages(pairs_root, crop=32, augment=False)
+    synthetic = PairedImages(pairs_root, crop=32, augment=False, colour=ColourMix(synthetic=1.0))
+    low, high = _sample(plain, 1, seed=5)
+    low_s, high_s = _sample(synthetic, 1, seed=5)
+    assert torch.equal(high_s, high)  # the target stays the normal-light image
+    assert not torch.equal(low_s, low) and low_s.mean() < high.mean()  # a dark capture of it
+    with pytest.raises(ValueError, match="cannot be combined"):
+        PairedImages(
+            pairs_root,
+            crop=32,
+            colour=ColourMix(recast=0.5),
+            normalisation=ExposureNormalisation(reference=0.05, power=1.0),
+        )

@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from training.camera import darken
 from training.metrics import psnr
 
 Enhance = Callable[[np.ndarray], np.ndarray]
 
 HELD_OUT, FIT = "held-out", "fit"
 EXPOSURE_DIVISORS = (8, 16)  # the scene gets 1/k of the light of the well-exposed original
-FULL_WELL_ELECTRONS = 4000.0  # a linear value of 1.0 in the original fills the well
-READ_NOISE_ELECTRONS = 4.0  # Gaussian read noise, electrons (a phone sensor at base ISO)
 JPEG_QUALITY = 90
 SEED = 0
 
@@ -68,27 +67,6 @@ def load_photo(photo: Photo) -> np.ndarray:
     path = Path(module.__file__ or "").parent / photo.path
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-
-
-def srgb_to_linear(values: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1 decoding of sRGB values in [0, 1]."""
-    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(values: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1 encoding of linear values in [0, 1]."""
-    values = np.clip(values, 0.0, 1.0)
-    return np.where(values <= 0.0031308, values * 12.92, 1.055 * values ** (1 / 2.4) - 0.055)
-
-
-def darken(rgb: np.ndarray, divisor: float, rng: np.random.Generator) -> np.ndarray:
-    """The scene of ``rgb`` (uint8 sRGB) captured with 1/``divisor`` of its light: linear light scaled
-    down, Poisson shot noise on the electrons a ``FULL_WELL_ELECTRONS`` well collects, Gaussian read
-    noise, then back to 8-bit sRGB (no brightening: the camera's output is the dark photo)."""
-    electrons = srgb_to_linear(rgb.astype(np.float64) / 255.0) * (FULL_WELL_ELECTRONS / divisor)
-    captured = rng.poisson(electrons) + rng.normal(0.0, READ_NOISE_ELECTRONS, electrons.shape)
-    linear = np.clip(captured / FULL_WELL_ELECTRONS, 0.0, 1.0)
-    return np.rint(linear_to_srgb(linear) * 255.0).astype(np.uint8)
 
 
 def mean_luma(rgb: np.ndarray) -> float:

@@ -77,6 +77,8 @@ class TrainConfig:
     exposure_power: float = 1.0
     exposure_noise_reference: float = 0.0
     val_exposures: bool = False
+    colour_recast: float = 0.0
+    colour_synthetic: float = 0.0
 
     def __post_init__(self) -> None:
         if self.precision == "fp16" and self.device != "cuda":
@@ -107,6 +109,8 @@ STAGE2_ONLY = frozenset(
         "exposure_power",
         "exposure_noise_reference",
         "val_exposures",
+        "colour_recast",
+        "colour_synthetic",
     )
 )
 FIELDS = frozenset(field.name for field in dataclasses.fields(TrainConfig))
@@ -192,6 +196,17 @@ def add_arguments(parser: argparse.ArgumentParser, stage: str, *, run_flags: boo
             type=float,
             help="normalise inputs as the service does (FRLIE_EXPOSURE_NOISE_REFERENCE): divide out the digital "
             "gain read from the noise before --exposure-reference applies (0: off)",
+        )
+        colour = parser.add_argument_group("colour (beyond the paper; training.colour_mix)")
+        colour.add_argument(
+            "--colour-recast",
+            type=float,
+            help="share of samples whose low gets a random cast near neutral instead of its own (mean luma kept)",
+        )
+        colour.add_argument(
+            "--colour-synthetic",
+            type=float,
+            help="share of samples whose input is the normal-light image captured dark by training.camera",
         )
         group.add_argument(
             "--val-exposures",

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from training.colour_mix import ColourMix
 from training.normalisation import ExposureNormalisation
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -142,7 +143,7 @@ class PairedImages(Dataset):
     ``crop=None`` returns whole images (for validation). ``repeats`` lets one epoch visit every
     image several times so that small datasets still give long, cheap epochs. ``rotate`` adds the
     90-degree rotations to the flips (the 8 symmetries of a square crop); ``exposure`` replaces the
-    input of some samples (see ``ExposureMix``).
+    input of some samples (see ``ExposureMix``), and ``colour`` its colour (``training.colour_mix``).
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class PairedImages(Dataset):
         rotate: bool = False,
         exposure: ExposureMix | None = None,
         normalisation: ExposureNormalisation | None = None,
+        colour: ColourMix | None = None,
     ) -> None:
         self.pairs = list_pairs(root)
         self.crop = crop
@@ -161,6 +163,10 @@ class PairedImages(Dataset):
         self.rotate = rotate and crop is not None
         self.exposure = exposure if exposure is not None and exposure.enabled else None
         self.normalisation = normalisation if normalisation is not None and normalisation.active else None
+        self.colour = colour if colour is not None and colour.enabled else None
+        if self.colour is not None and self.normalisation is not None:
+            # The normalisation reads the whole photo, which a crop's colour mix does not change.
+            raise ValueError("the colour mix and the exposure normalisation cannot be combined")
         self.repeats = max(1, repeats)
         self.low: list[torch.Tensor] = []
         self.high: list[torch.Tensor] = []
@@ -208,6 +214,9 @@ class PairedImages(Dataset):
         augment = self.exposure.draw() if self.exposure is not None else None
         if augment is not None:
             low_f = augment(low_f, high_f)
+        recolour = self.colour.draw() if self.colour is not None else None
+        if recolour is not None:
+            low_f = recolour(low_f, high_f)
         if self.normalisation is not None:
             low_f = low_f * self._normalisation_gain(i, augment)
         return low_f.contiguous(), high_f.contiguous()

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from model.checkpoint import load_weights, read_checkpoint, save_weights
 from model.network import FRLIE, FRLIEConfig
 from training import distributed as dist_utils
+from training.colour_mix import ColourMix
 from training.config import STAGES, TrainConfig, add_arguments, config_from_args
 from training.data import ExposureMix, PairedImages, list_pairs
 from training.errors import TrainingError
@@ -180,6 +181,7 @@ class Trainer:
             rotate=config.rotate,
             exposure=exposure,
             normalisation=self.normalisation,
+            colour=ColourMix(recast=config.colour_recast, synthetic=config.colour_synthetic),
         )
         self.sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor]] | None = (
             DistributedSampler(self.train_set, seed=config.seed, drop_last=True) if self.ctx.enabled else None
