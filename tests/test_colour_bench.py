@@ -62,3 +62,18 @@ def test_the_benchmark_scores_each_photo_darkening_and_upload_against_the_oracle
     assert bench.done_when(rows) == {"JPEG q90": False, "PNG": False}
     table = bench.format_rows(rows)
     assert "| held-out (1 photos x 1 darkenings) | PNG |" in table and "coffee (held-out) /8 JPEG q90" in table
+
+
+def test_a_cast_moves_the_chromaticity_more_than_a_tone_curve_and_denoising_does_not_count() -> None:
+    original = bench.load_photo(bench.PHOTOS[3])
+    dark = camera.darken(original, 8, np.random.default_rng(0))
+    oracle = bench.tone_curve_oracle(dark, original)
+    green = np.clip(oracle.astype(np.float64) * [0.85, 1.1, 0.95], 0, 255).astype(np.uint8)
+    assert bench.chromaticity_shift(dark, dark) == 0.0
+    assert bench.chromaticity_shift(green, dark) > 1.2 * bench.chromaticity_shift(oracle, dark)
+    # Block means: the noise-free original, at the dark photo's brightness, barely moves its colour.
+    clean = bench.tone_curve_oracle(original, dark)
+    assert bench.chromaticity_shift(clean, dark) < bench.chromaticity_shift(green, dark) / 2
+    rows = bench.benchmark(lambda quality: lambda image: image, (bench.PHOTOS[3],), divisors=(8,))
+    assert all(r.chroma_shift == 0.0 or r.upload.startswith("JPEG") for r in rows)
+    assert "chroma shift" in bench.format_rows(rows)

@@ -95,6 +95,29 @@ def mean_ciede2000(answer: np.ndarray, original: np.ndarray) -> float:
     return float(deltaE_ciede2000(rgb2lab(answer), rgb2lab(original)).mean())
 
 
+CHROMA_BLOCK = 8  # pixels: chromaticity is compared on block means, so removing noise is not a colour shift
+CHROMA_MIN_LEVEL = 4.0 / 255.0  # blocks darker than this (mean of R, G, B) have no reliable colour
+
+
+def chromaticity_shift(answer: np.ndarray, upload: np.ndarray) -> float:
+    """How far the answer's colours moved from the upload's: the mean distance in chromaticity
+    (r, g) = (R, G) / (R + G + B) between ``CHROMA_BLOCK`` block means of two uint8 sRGB images, over
+    blocks of the upload bright enough to have a colour. A tone curve moves it a little; a cast more."""
+    height, width = (upload.shape[0] // CHROMA_BLOCK) * CHROMA_BLOCK, (upload.shape[1] // CHROMA_BLOCK) * CHROMA_BLOCK
+
+    def blocks(image: np.ndarray) -> np.ndarray:
+        cropped = image[:height, :width].astype(np.float64) / 255.0
+        return cropped.reshape(height // CHROMA_BLOCK, CHROMA_BLOCK, width // CHROMA_BLOCK, CHROMA_BLOCK, 3).mean(
+            axis=(1, 3)
+        )
+
+    a, u = blocks(answer), blocks(upload)
+    usable = u.mean(axis=-1) >= CHROMA_MIN_LEVEL
+    rg_a = a[..., :2] / np.maximum(a.sum(axis=-1, keepdims=True), 1e-6)
+    rg_u = u[..., :2] / u.sum(axis=-1, keepdims=True).clip(1e-6)
+    return float(np.linalg.norm(rg_a - rg_u, axis=-1)[usable].mean()) if usable.any() else 0.0
+
+
 def upload_bytes(rgb: np.ndarray, jpeg_quality: int | None) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG" if jpeg_quality is None else "JPEG", quality=jpeg_quality or 95)
@@ -111,6 +134,8 @@ class Row:
     ciede2000: float
     oracle_psnr: float
     oracle_ciede2000: float
+    chroma_shift: float = 0.0  # chromaticity_shift(answer, upload)
+    oracle_chroma_shift: float = 0.0  # the same for the tone curve
 
 
 def benchmark(
@@ -139,6 +164,8 @@ def benchmark(
                         mean_ciede2000(answer, original),
                         psnr(oracle, original),
                         mean_ciede2000(oracle, original),
+                        chromaticity_shift(answer, sent),
+                        chromaticity_shift(oracle, sent),
                     )
                 )
     return rows
@@ -147,8 +174,9 @@ def benchmark(
 def format_rows(rows: Sequence[Row]) -> str:
     """The per-split means, PNG and JPEG rows, service against the oracle; then every row."""
     lines = [
-        "| photos | upload | service PSNR dB | oracle PSNR dB | service CIEDE2000 | oracle CIEDE2000 |",
-        "|---|---|---|---|---|---|",
+        "| photos | upload | service PSNR dB | oracle PSNR dB | service CIEDE2000 | oracle CIEDE2000 "
+        "| chroma shift, service / tone curve |",
+        "|---|---|---|---|---|---|---|",
     ]
     for split in (HELD_OUT, FIT):
         for upload in sorted({row.upload for row in rows}, reverse=True):
@@ -159,13 +187,15 @@ def format_rows(rows: Sequence[Row]) -> str:
             count = len({row.photo for row in mine})
             lines.append(
                 f"| {split} ({count} photos x {len(mine) // count} darkenings) | {upload} | {mean['psnr']:.2f} | "
-                f"{mean['oracle_psnr']:.2f} | {mean['ciede2000']:.2f} | {mean['oracle_ciede2000']:.2f} |"
+                f"{mean['oracle_psnr']:.2f} | {mean['ciede2000']:.2f} | {mean['oracle_ciede2000']:.2f} | "
+                f"{mean['chroma_shift'] / max(mean['oracle_chroma_shift'], 1e-9):.2f}x |"
             )
     lines.append("")
     for row in rows:
         lines.append(
             f"{row.photo} ({row.split}) /{row.divisor} {row.upload}: {row.psnr:.2f} dB, dE {row.ciede2000:.2f}; "
-            f"oracle {row.oracle_psnr:.2f} dB, dE {row.oracle_ciede2000:.2f}"
+            f"oracle {row.oracle_psnr:.2f} dB, dE {row.oracle_ciede2000:.2f}; "
+            f"chroma shift {row.chroma_shift:.3f} (tone curve {row.oracle_chroma_shift:.3f})"
         )
     return "\n".join(lines)
 
@@ -184,7 +214,7 @@ def done_when(rows: Sequence[Row]) -> dict[str, bool]:
     return verdict
 
 
-SCORES = ("psnr", "ciede2000", "oracle_psnr", "oracle_ciede2000")
+SCORES = ("psnr", "ciede2000", "oracle_psnr", "oracle_ciede2000", "chroma_shift", "oracle_chroma_shift")
 
 
 def _means(rows: Sequence[Row]) -> dict[str, float]:
