@@ -3,7 +3,9 @@
 #   prometheus + promtool for `promtool check config|rules` and the end-to-end monitoring test,
 #     which starts its own Prometheus on a loopback port;
 #   chromium for the web page's browser tests (Playwright drives it; Playwright's own browser
-#     download is not used).
+#     download is not used);
+#   redis-server for the job tests (tests/test_service_jobs.py), which start their own Redis on a
+#     loopback port and replicas sharing it.
 # A no-op for what is already on PATH. Without root or apt it only warns: the tests that need the
 # tools then skip with the reason (or fail, under CI=true), so the rest of the suite still runs.
 set -euo pipefail
@@ -14,6 +16,9 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
 fi
 if ! command -v chromium >/dev/null 2>&1; then
     missing+=(chromium)
+fi
+if ! command -v redis-server >/dev/null 2>&1; then
+    missing+=(redis-server)
 fi
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
@@ -30,8 +35,8 @@ if ! command -v apt-get >/dev/null 2>&1; then
     exit 0
 fi
 
-# Debian's prometheus package would start its own daemon on :9090 after installing; the tests
-# never use it, so keep services from starting for the duration of the install (Debian's
+# Debian's prometheus and redis-server packages would start their own daemons (:9090, :6379) after
+# installing; the tests never use them, so keep services from starting for the duration of the install (Debian's
 # policy-rc.d protocol: exit 101 = action forbidden). An existing policy is left untouched.
 policy=/usr/sbin/policy-rc.d
 added_policy=no
@@ -51,4 +56,5 @@ if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${m
 fi
 command -v promtool >/dev/null 2>&1 && promtool --version | head -n 1 >&2
 command -v chromium >/dev/null 2>&1 && chromium --version >&2
+command -v redis-server >/dev/null 2>&1 && redis-server --version >&2
 exit 0

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
+from service import imageio
 from service.admission import MIN_RETRY_AFTER_S, Admission
 from service.engine import Engine
 from service.errors import (
@@ -36,25 +40,16 @@ from service.errors import (
     ServiceError,
     UnsupportedFormat,
 )
+from service.form import EnhanceForm, enhance_form
 from service.imageio import OutputFormat
+from service.job_routes import add_job_routes, make_job_store
+from service.job_runner import JobRunner
+from service.jobs import EnhanceOptions, JobResult
 from service.metrics import Metrics
 from service.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
-from service.pipeline import Pipeline
+from service.pipeline import NO_PROGRESS, Pipeline, Progress
 from service.settings import Settings
-from service.strength import AUTO
 from service.web_ui import add_web_ui
-
-Quality = Annotated[int, Field(ge=1, le=100)]
-StrengthParameter = Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)]
-KEEP_GPS_HELP = (
-    "Keep the upload's GPS position in the answer's EXIF (default: FRLIE_KEEP_GPS, off). The rest of the EXIF "
-    "(camera, dates, exposure) is kept with the orientation reset; the embedded thumbnail is dropped."
-)
-STRENGTH_HELP = (
-    "How much of the model's effect to apply: 'auto' (default: enough to bring the photo to a normal "
-    "brightness and no more, full strength for noisy low-light captures; photos that are already bright "
-    "come back unchanged) or a number from 0 (the upload unchanged) to 1 (the model output)."
-)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -143,6 +138,15 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at ``path`` (GET and DELETE of /jobs/{id} are two routes)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     error.status_code: {"model": ErrorBody, "description": (error.__doc__ or "").strip()}
     for error in (InvalidImage, PayloadTooLarge, UnsupportedFormat, InvalidParameters, Overloaded, RequestTimeout)
@@ -167,15 +171,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     state = ServiceState(settings, metrics)
+    store = make_job_store(settings)
+    worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(state.load(), name="frlie-model-load")
+        runner = JobRunner(
+            store, produce, metrics, lambda: state.pipeline is not None, worker, settings.request_timeout_s
+        )
+        jobs = asyncio.create_task(runner.run_forever(), name="frlie-jobs")
+        app.state.job_runner = runner
         try:
             yield
         finally:
-            loader.cancel()
-            await asyncio.gather(loader, return_exceptions=True)
+            for task in (jobs, loader):
+                task.cancel()
+            await asyncio.gather(jobs, loader, return_exceptions=True)
+            await store.close()
             if state.pipeline is not None:
                 await state.pipeline.close()
 
@@ -198,9 +211,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error_response(error.status_code, error.code, error.detail, metrics, error.headers)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = HTTP_STATUS_CODES.get(error.status_code, "http_error")
-        return _error_response(error.status_code, code, error.detail, metrics, error.headers)
+        headers = error.headers
+        if error.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(app, request.url.path))}
+        return _error_response(error.status_code, code, error.detail, metrics, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -212,77 +228,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error")
         return _error_response(500, "internal_error", "unexpected server error", metrics)
 
-    @app.post(
-        "/enhance",
-        summary="Enhance a low-light image",
-        response_class=Response,
-        responses={**IMAGE_RESPONSE, **ERROR_RESPONSES},
-        tags=["enhance"],
-    )
-    async def enhance(
-        request: Request,
-        image: Annotated[
-            UploadFile,
-            File(
-                description="JPEG, PNG, WebP, BMP, TIFF, AVIF or HEIC/HEIF image (multipart field `image`); "
-                "16-bit PNG and TIFF keep their depth.",
-                json_schema_extra={"minLength": 1},
-            ),
-        ],
-        format_field: Annotated[
-            OutputFormat | SkipJsonSchema[None],
-            Form(
-                alias="format",
-                description="Output encoding; default: JPEG for JPEG and HEIC input, AVIF for AVIF, PNG otherwise "
-                "(16 bits for a 16-bit upload).",
-            ),
-        ] = None,
-        quality_field: Annotated[
-            Quality | SkipJsonSchema[None], Form(alias="quality", description="JPEG/WebP/AVIF quality (1-100).")
-        ] = None,
-        format_query: Annotated[
-            OutputFormat | SkipJsonSchema[None],
-            Query(alias="format", description="Same as the form field (the form field wins)."),
-        ] = None,
-        quality_query: Annotated[
-            Quality | SkipJsonSchema[None],
-            Query(alias="quality", description="Same as the form field (the form field wins)."),
-        ] = None,
-        strength_field: Annotated[
-            StrengthParameter | SkipJsonSchema[None], Form(alias="strength", description=STRENGTH_HELP)
-        ] = None,
-        strength_query: Annotated[
-            StrengthParameter | SkipJsonSchema[None],
-            Query(alias="strength", description="Same as the form field (the form field wins)."),
-        ] = None,
-        keep_gps_field: Annotated[
-            bool | SkipJsonSchema[None], Form(alias="keep_gps", description=KEEP_GPS_HELP)
-        ] = None,
-        keep_gps_query: Annotated[
-            bool | SkipJsonSchema[None],
-            Query(alias="keep_gps", description="Same as the form field (the form field wins)."),
-        ] = None,
-    ) -> Response:
+    async def produce(data: bytes, options: EnhanceOptions, progress: Progress = NO_PROGRESS) -> JobResult:
+        """The one enhancement of /enhance and of every job: admission, pipeline, time limit, headers."""
         pipeline = state.ready_pipeline()
-        with state.admission.slot():
-            if image.size is not None and image.size > settings.max_upload_bytes:
-                raise PayloadTooLarge(f"the image is {image.size} bytes; the limit is {settings.max_upload_bytes}")
-            data = await image.read()
-            strength = next((value for value in (strength_field, strength_query) if value is not None), AUTO)
-            keep_gps = keep_gps_field if keep_gps_field is not None else keep_gps_query
-            work = pipeline.process(
-                data,
-                format_field or format_query,
-                quality_field or quality_query,
-                strength,
-                admit=state.admission.work,
-                keep_gps=keep_gps,
-            )
-            try:
-                async with asyncio.timeout(settings.request_timeout_s):
-                    result = await _unless_disconnected(request, work)
-            except TimeoutError:
-                raise RequestTimeout(f"not finished within {settings.request_timeout_s:g} s") from None
+        work = pipeline.process(
+            data,
+            options.format,
+            options.quality,
+            options.strength,
+            admit=state.admission.work,
+            keep_gps=options.keep_gps,
+            progress=progress,
+        )
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):
+                result = await work
+        except TimeoutError:
+            raise RequestTimeout(f"not finished within {settings.request_timeout_s:g} s") from None
         headers = {
             "X-Model-Version": pipeline.engine.model_version,
             "X-Execution-Provider": pipeline.engine.provider,
@@ -294,7 +256,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "X-Tile-Plan": result.plan,
             "X-Ensemble-Passes": str(result.passes),
         }
-        return Response(result.data, media_type=result.spec.format.media_type, headers=headers)
+        return JobResult(result.data, result.spec.format.media_type, headers)
+
+    async def receive(form: EnhanceForm) -> bytes:
+        """The upload's bytes, refused early when its declared size is over the limit."""
+        if form.image.size is not None and form.image.size > settings.max_upload_bytes:
+            raise PayloadTooLarge(f"the image is {form.image.size} bytes; the limit is {settings.max_upload_bytes}")
+        return await form.image.read()
+
+    @app.post(
+        "/enhance",
+        summary="Enhance a low-light image",
+        response_class=Response,
+        responses={**IMAGE_RESPONSE, **ERROR_RESPONSES},
+        tags=["enhance"],
+    )
+    async def enhance(request: Request, form: Annotated[EnhanceForm, Depends(enhance_form)]) -> Response:
+        state.ready_pipeline()
+        with state.admission.slot():
+            answer = await _unless_disconnected(request, produce(await receive(form), form.options))
+        return Response(answer.data, media_type=answer.media_type, headers=answer.headers)
+
+    async def receive_job(form: EnhanceForm) -> bytes:
+        """A job's upload, refused now (as /enhance would refuse it) when its header is not an accepted image."""
+        state.ready_pipeline()
+        with state.admission.slot():
+            data = await receive(form)
+            await asyncio.to_thread(imageio.check_upload, data, settings.max_pixels)
+            return data
+
+    add_job_routes(app, store, receive_job, lambda job: app.state.job_runner.record(job), metrics)
 
     @app.get("/healthz", summary="Liveness: the process is up", tags=["operations"])
     async def healthz() -> dict[str, str]:

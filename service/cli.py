@@ -33,6 +33,31 @@ OUTPUT_SUFFIXES = {
 EXIT_USAGE = 2
 
 
+class WindowsBar:
+    """One file's model windows on the shared "windows" bar (service.pipeline.Progress): a large photo's
+    progress shows within it, not only when the file is done. Files in flight add their windows to the
+    total as their plans are made; ``close`` takes back windows a file planned but did not run."""
+
+    def __init__(self, bar: tqdm, name: str) -> None:
+        self.bar, self.name = bar, name
+        self.windows = self.done = 0
+
+    def planned(self, windows: int, seconds: float | None) -> None:
+        self.bar.total = (self.bar.total or 0) + windows - self.windows
+        self.windows = windows
+        self.bar.set_postfix_str(self.name, refresh=False)
+        self.bar.refresh()
+
+    def window_done(self) -> None:
+        self.done += 1
+        self.bar.update()
+
+    def close(self) -> None:
+        if self.windows > self.done:
+            self.bar.total -= self.windows - self.done
+            self.bar.refresh()
+
+
 def _model_missing(settings: Settings) -> bool:
     if settings.model_path.is_file():
         return False
@@ -91,12 +116,13 @@ async def _enhance_files(
     failures = 0
     slots = asyncio.Semaphore(workers)
 
-    async def one(source: Path, target: Path, progress: tqdm) -> None:
+    async def one(source: Path, target: Path, progress: tqdm, windows: tqdm) -> None:
         nonlocal failures
         async with slots:
+            bar = WindowsBar(windows, source.name)
             try:
                 result = await pipeline.process(
-                    await asyncio.to_thread(source.read_bytes), requested, quality, strength
+                    await asyncio.to_thread(source.read_bytes), requested, quality, strength, progress=bar
                 )
                 target = target.with_suffix(OUTPUT_SUFFIXES[result.spec.format])
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +130,15 @@ async def _enhance_files(
             except (ServiceError, OSError) as error:
                 failures += 1
                 tqdm.write(f"skipped {source}: {getattr(error, 'detail', error)}", file=sys.stderr)
+            bar.close()
             progress.update()
 
     try:
-        with tqdm(total=len(jobs), unit="img", desc="enhancing") as progress:
-            await asyncio.gather(*(one(source, target, progress) for source, target in jobs))
+        with (
+            tqdm(total=len(jobs), unit="img", desc="enhancing", position=0) as progress,
+            tqdm(total=0, unit="window", desc="windows", position=1) as windows,
+        ):
+            await asyncio.gather(*(one(source, target, progress, windows) for source, target in jobs))
     finally:
         await pipeline.close()
     return 1 if failures else 0

@@ -71,6 +71,20 @@ class NotReady(Overloaded):
     code = "not_ready"
 
 
+class JobNotFound(ServiceError):
+    """No job has this id: it never existed, or it expired (FRLIE_JOB_TTL_S after its last change)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class JobNotDone(ServiceError):
+    """The job has no image to fetch: it is still queued or running, or it failed or was cancelled."""
+
+    status_code = 409
+    code = "job_not_done"
+
+
 class RequestTimeout(ServiceError):
     """The request did not finish within the configured timeout."""
 

@@ -107,9 +107,10 @@ class OutputSpec:
     quality: int
 
 
-def decode(data: bytes, max_pixels: int, keep_gps: bool = False) -> DecodedImage:
-    """Decode an upload; raises InvalidImage (400), PayloadTooLarge (413) or UnsupportedFormat (415).
-    ``keep_gps`` keeps the GPS position in the EXIF the answer carries (dropped by default)."""
+def open_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """Open an upload and check what its header claims (format, pixels) before any pixel is decoded, so
+    a job is refused at submission as /enhance would refuse it: InvalidImage (400), PayloadTooLarge
+    (413) or UnsupportedFormat (415). The caller closes the image."""
     if not data:
         raise InvalidImage("the upload is empty")
     try:
@@ -118,12 +119,25 @@ def decode(data: bytes, max_pixels: int, keep_gps: bool = False) -> DecodedImage
         raise PayloadTooLarge(str(error)) from error
     except Exception as error:  # Pillow raises many types for garbage; all mean "not an image"
         raise InvalidImage("the upload is not a recognizable image") from error
-    with image:
-        if image.format not in ACCEPTED_FORMATS:
-            raise UnsupportedFormat(f"{image.format} is not accepted; send one of {', '.join(ACCEPTED_FORMATS)}")
-        width, height = image.size
-        if width * height > max_pixels:
-            raise PayloadTooLarge(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
+    width, height = image.size
+    if image.format not in ACCEPTED_FORMATS:
+        image.close()
+        raise UnsupportedFormat(f"{image.format} is not accepted; send one of {', '.join(ACCEPTED_FORMATS)}")
+    if width * height > max_pixels:
+        image.close()
+        raise PayloadTooLarge(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
+    return image
+
+
+def check_upload(data: bytes, max_pixels: int) -> None:
+    """``open_upload``'s checks alone."""
+    open_upload(data, max_pixels).close()
+
+
+def decode(data: bytes, max_pixels: int, keep_gps: bool = False) -> DecodedImage:
+    """Decode an upload; raises InvalidImage (400), PayloadTooLarge (413) or UnsupportedFormat (415).
+    ``keep_gps`` keeps the GPS position in the EXIF the answer carries (dropped by default)."""
+    with open_upload(data, max_pixels) as image:
         try:
             return _decode_pixels(image, data, keep_gps)
         except ServiceError:

@@ -15,6 +15,8 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
 # A single ORT call or a queue wait: from under a millisecond to tens of seconds.
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+# A job, submission to its end: from seconds (a small photo) to many minutes behind a queue.
+JOB_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
 TILE_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 PREFIX = "frlie"
 
@@ -89,6 +91,32 @@ class Metrics:
             ["precision"],
             registry=r,
         )
+
+        self.jobs = Counter(
+            f"{PREFIX}_jobs",
+            "Jobs (/jobs) by status: `queued` when this replica accepted one, the final status "
+            "(done, failed, cancelled) when this replica saw it end.",
+            ["status"],
+            registry=r,
+        )
+        self.jobs_queued = Gauge(
+            f"{PREFIX}_jobs_queued",
+            "Jobs waiting in the job store (shared by every replica with FRLIE_JOB_STORE=redis://...).",
+            registry=r,
+        )
+        self.jobs_running = Gauge(f"{PREFIX}_jobs_running", "Jobs this replica is running.", registry=r)
+        self.job_duration = Histogram(
+            f"{PREFIX}_job_duration_seconds",
+            "A job's time from submission to its final status, by that status.",
+            ["status"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+
+        for status in ("queued", "done", "failed", "cancelled"):  # every series exists from the first scrape
+            self.jobs.labels(status)
+            if status != "queued":
+                self.job_duration.labels(status)
 
     def record_precision(self, version: str, provider: str, report: PrecisionReport) -> None:
         """The model and its precision choice (service.precision), for dashboards and alerts."""

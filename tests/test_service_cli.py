@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,10 @@ def test_enhance_folders_and_files(tmp_path_factory: pytest.TempPathFactory, tmp
         np.asarray(decode_image((out / "a.png").read_bytes())), reference_enhance(model_path, first)
     )
     assert decode_image((out / "trip" / "b.jpg").read_bytes()).size == (70, 50)
+    # Within-photo progress: the windows bar counts every 16 px tile of every pass, and ends full.
+    windows = re.findall(r"windows: +(\d+)%\|[^|]*\| (\d+)/(\d+) ", result.stderr)
+    assert windows and windows[-1][0] == "100" and windows[-1][1] == windows[-1][2], result.stderr[-2000:]
+    assert int(windows[-1][2]) > 3 * 4
 
 
 def test_commands_without_a_model_say_how_to_get_one(tmp_path: Path) -> None:
