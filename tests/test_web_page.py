@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +52,8 @@ def browser() -> Iterator[object]:
         launched.close()
 
 
-@pytest.fixture()
-def page(browser: object, server: ServerProcess) -> Iterator[object]:
+@contextmanager
+def _open_page(browser: object, server: ServerProcess) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1000, "height": 900}, accept_downloads=True)
     opened = context.new_page()
     console_errors: list[str] = []
@@ -61,6 +63,27 @@ def page(browser: object, server: ServerProcess) -> Iterator[object]:
     yield opened
     context.close()
     assert not [e for e in console_errors if "Content Security Policy" in e], console_errors
+
+
+@pytest.fixture()
+def page(browser: object, server: ServerProcess) -> Iterator[object]:
+    with _open_page(browser, server) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The tiny test model in 32 px tiles, one pass: a 600x800 photo is ~500 windows, a few seconds."""
+    model = export_tiny_model(tmp_path_factory.getbasetemp())
+    running = ServerProcess(model, tmp_path_factory.mktemp("logs") / "jobs.log", tile_size=32, self_ensemble=1)
+    yield running.start()
+    assert running.stop() in GRACEFUL_EXIT_CODES
+
+
+@pytest.fixture()
+def jobs_page(browser: object, jobs_server: ServerProcess) -> Iterator[object]:
+    with _open_page(browser, jobs_server) as opened:
+        yield opened
 
 
 def _photo(tmp_path: Path, data: Path | None) -> Path:
@@ -206,3 +229,64 @@ def test_a_heic_photo_shows_before_and_after(page: object, tmp_path: Path) -> No
     page.wait_for_function(f"{size.format('before', 'before')}.join() === '120,90'", timeout=30_000)
     assert page.evaluate(size.format("after", "after")) == [120, 90]
     assert page.locator("#download").get_attribute("download") == "IMG_0042-enhanced.jpg"
+
+
+def _job_rows(page: object) -> list[dict[str, object]]:
+    """Status, progress bar value and state text of every row of the queue."""
+    rows: list[dict[str, object]] = page.evaluate(
+        "[...document.querySelectorAll('#queue li')].map(li => ({status: li.dataset.status || '', "
+        "value: li.querySelector('progress').value, text: li.querySelector('.job-state').textContent}))"
+    )
+    return rows
+
+
+def test_several_photos_are_queued_each_with_its_own_progress(
+    jobs_page: object, jobs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Three photos dropped at once become three jobs: each row shows its own real progress (model
+    windows done, with an ETA) while it runs, another waits queued, and each ends done with its result."""
+    photos = []
+    for index in range(3):
+        photo = tmp_path / f"night {index}.png"
+        photo.write_bytes(encode_image(dark_image(600, 800, seed=20 + index), "PNG"))
+        photos.append(str(photo))
+    jobs_page.set_input_files("#file-input", photos)
+    jobs_page.click("#enhance")
+    rows = jobs_page.locator("#queue li")
+    playwright_api.expect(rows).to_have_count(3)
+    for index, row in enumerate(rows.all()):
+        playwright_api.expect(row.locator(".job-name")).to_have_text(f"night {index}.png")
+    running: dict[str, set[float]] = {}  # per row: the partial progress values its bar showed
+    eta_shown = queued_shown = False
+    for _ in range(600):  # bounded: about 60 s
+        states = _job_rows(jobs_page)
+        for index, row in enumerate(states):
+            if row["status"] == "running" and 0 < float(row["value"]) < 1:  # type: ignore[arg-type]
+                running.setdefault(str(index), set()).add(float(row["value"]))  # type: ignore[arg-type]
+                eta_shown |= re.fullmatch(r"enhancing \d+%, about \d+ s left", str(row["text"])) is not None
+        queued_shown |= any(row["status"] == "queued" and "queued" in str(row["text"]) for row in states)
+        if all(row["status"] == "done" for row in states):
+            break
+        jobs_page.wait_for_timeout(100)
+    states = _job_rows(jobs_page)
+    assert [row["status"] for row in states] == ["done"] * 3, states
+    assert [row["value"] for row in states] == [1, 1, 1]
+    assert eta_shown and queued_shown, (eta_shown, queued_shown)
+    assert max(len(values) for values in running.values()) >= 3, running  # a bar moved through several values
+    assert jobs_page.locator("#queue .job-show").count() == 3
+    playwright_api.expect(jobs_page.locator("#status")).to_contain_text("Done: 800 × 600", timeout=30_000)
+
+
+def test_cancel_stops_a_running_job(jobs_page: object, jobs_server: ServerProcess, tmp_path: Path) -> None:
+    photo = tmp_path / "long night.png"
+    photo.write_bytes(encode_image(dark_image(1200, 1600, seed=30), "PNG"))
+    jobs_page.set_input_files("#file-input", str(photo))
+    jobs_page.click("#enhance")
+    row = jobs_page.locator("#queue li").first
+    playwright_api.expect(row).to_have_attribute("data-status", "running", timeout=60_000)
+    row.locator(".job-cancel").click()
+    playwright_api.expect(row).to_have_attribute("data-status", "cancelled", timeout=10_000)
+    playwright_api.expect(row.locator(".job-state")).to_have_text("cancelled")
+    job = jobs_server.client.get(f"/jobs/{row.get_attribute('data-job-id')}").json()
+    assert job["status"] == "cancelled" and job["progress"] < 1
+    jobs_server.wait_for_metric("frlie_jobs_running", 0, timeout=10)
