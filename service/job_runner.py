@@ -116,9 +116,10 @@ class JobRunner:
                 error = {"error": "internal_error", "detail": "unexpected server error"}
             self.record(await self.store.finish(job_id, self.worker, result, error))
         finally:
-            if not task.done():
+            if not task.done():  # this replica is stopping: hand the job to another one at once
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+                await self.store.release(job_id, self.worker)
             self.metrics.jobs_running.dec()
 
     async def _attempt(self, claimed: Claimed, progress: JobProgress) -> JobResult:

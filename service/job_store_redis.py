@@ -120,6 +120,18 @@ if status == 'queued' or status == 'running' then
 end
 return 1
 """
+# KEYS: running, queue. ARGV: prefix, id, worker. A running job of this worker goes back to the queue,
+# first in line, and the attempt it was on is not counted.
+RELEASE = """
+local job = ARGV[1] .. 'job:' .. ARGV[2]
+if redis.call('HGET', job, 'status') ~= 'running' or redis.call('HGET', job, 'owner') ~= ARGV[3] then return 0 end
+redis.call('SREM', KEYS[1], ARGV[2])
+redis.call('DEL', job .. ':lease')
+redis.call('HSET', job, 'status', 'queued', 'owner', '', 'eta_s', '')
+redis.call('HINCRBY', job, 'attempts', -1)
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
 # KEYS: running, queue. ARGV: prefix, max attempts, error, finished, ttl ms. Returns the ids changed:
 # running jobs without a lease are queued again (next in line) or, past max attempts, failed.
 REAP = """
@@ -185,6 +197,7 @@ class RedisJobStore:
         self._finish = self.redis.register_script(FINISH)
         self._cancel = self.redis.register_script(CANCEL)
         self._reap = self.redis.register_script(REAP)
+        self._release = self.redis.register_script(RELEASE)
 
     async def submit(self, upload: bytes, options: EnhanceOptions) -> Job:
         job = Job(new_job_id())
@@ -249,6 +262,9 @@ class RedisJobStore:
     async def cancel(self, job_id: str) -> Job | None:
         known = await self._cancel(keys=[QUEUE, RUNNING], args=[PREFIX, job_id, repr(time.time()), self._ttl_ms])
         return await self.get(job_id) if known else None
+
+    async def release(self, job_id: str, worker: str) -> None:
+        await self._release(keys=[RUNNING, QUEUE], args=[PREFIX, job_id, worker])
 
     async def reap(self) -> list[Job]:
         error = json.dumps(lost_error(MAX_ATTEMPTS))

@@ -123,6 +123,10 @@ class JobStore(Protocol):
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued or running job (a final one is left as it is); None when unknown."""
 
+    async def release(self, job_id: str, worker: str) -> None:
+        """Give ``worker``'s running job back to the queue, first in line, without spending an attempt
+        (the replica is shutting down, the job did nothing wrong)."""
+
     async def reap(self) -> list[Job]:
         """Re-queue (or fail, past MAX_ATTEMPTS) running jobs whose lease lapsed; the jobs changed."""
 
@@ -250,6 +254,13 @@ class MemoryJobStore:
             return entry.job
         entry.upload = None
         return self._touch(entry, replace(entry.job, status="cancelled", eta_s=None, finished=time.time()))
+
+    async def release(self, job_id: str, worker: str) -> None:
+        entry = self._live(job_id)
+        if entry and entry.worker == worker and entry.job.status == "running":
+            entry.worker = None
+            self._touch(entry, replace(entry.job, status="queued", eta_s=None, attempts=entry.job.attempts - 1))
+            self._entries.move_to_end(job_id, last=False)
 
     async def reap(self) -> list[Job]:
         self._expire()

@@ -247,3 +247,23 @@ def test_a_killed_replica_does_not_leave_its_job_running(
         assert survivor.client.get(f"/jobs/{job_id}/result").status_code == 200
     finally:
         assert survivor.stop() in GRACEFUL_EXIT_CODES
+
+
+def test_a_replica_stopped_with_sigterm_gives_its_job_back(
+    redis_server: RedisServer, model_path: Path, big_jpeg: bytes, tmp_path: Path
+) -> None:
+    """A rolling update: the stopping replica puts its running job back first in line at once, without
+    spending one of its attempts, instead of leaving it to the lease."""
+    import redis
+
+    url = redis_server.url(db=2)
+    stopping = _start(model_path, tmp_path / "stopping.log", job_store=url)
+    job_id = submit(stopping, big_jpeg)
+    wait_running(stopping, job_id)
+    assert stopping.stop() in GRACEFUL_EXIT_CODES
+    with redis.Redis.from_url(url) as store:
+        state = store.hgetall(f"frlie:job:{job_id}")
+        assert state[b"status"] == b"queued" and state[b"attempts"] == b"0", state
+        assert store.lrange("frlie:jobs:queue", -1, -1) == [job_id.encode()]  # next to be claimed
+        assert not store.exists(f"frlie:job:{job_id}:lease")
+        store.flushdb()
