@@ -6,7 +6,13 @@ import json
 import os
 import re
 import shutil
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +155,39 @@ def alert_rules() -> list[dict[str, Any]]:
 def grafana_to_promql(expr: str, rate_interval: str = "1m", instance: str = ".*") -> str:
     """Replace the Grafana variables the dashboard uses with concrete values."""
     return expr.replace("$__rate_interval", rate_interval).replace("$instance", instance)
+
+
+@dataclass
+class RedisServer:
+    """A throwaway `redis-server` on a loopback port, with no persistence (the job store's tests)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[RedisServer]:
+    """Debian's redis-server (installed by .ci/install-test-tools.sh) on a free loopback port."""
+    binary = require_tool("redis-server", f"`make test` installs it with `bash {TOOL_INSTALLER}` (Debian)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([*command, "--dir", str(directory)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield RedisServer(process, port)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_helpers import require_tool
+from deploy_helpers import RedisServer, redis_server
 from service_helpers import GRACEFUL_EXIT_CODES, ServerProcess, dark_image, encode_image, export_tiny_model
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,42 +25,10 @@ TIMEOUT_S = 120.0
 TIMED_HEADERS = {"x-inference-time-ms", "date", "content-length", "server"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class RedisServer:
-    """A throwaway `redis-server` on a loopback port, with no persistence."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    binary = require_tool("redis-server", "`make test` installs it with `bash .ci/install-test-tools.sh` (Debian)")
-    port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*command, "--dir", str(directory)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    yield RedisServer(process, port)
-    process.terminate()
-    process.wait(timeout=10)
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +57,9 @@ def replicas(
         yield server, server
         assert server.stop() in GRACEFUL_EXIT_CODES
         return
-    redis = request.getfixturevalue("redis_server")
-    first = _start(model_path, logs / "a.log", job_store=redis.url())
-    second = _start(model_path, logs / "b.log", job_store=redis.url())
+    shared = request.getfixturevalue("shared_redis")
+    first = _start(model_path, logs / "a.log", job_store=shared.url())
+    second = _start(model_path, logs / "b.log", job_store=shared.url())
     yield first, second
     for server in (first, second):
         assert server.stop() in GRACEFUL_EXIT_CODES
@@ -230,10 +195,10 @@ def test_a_full_queue_answers_503_with_retry_after(
 
 
 def test_a_killed_replica_does_not_leave_its_job_running(
-    redis_server: RedisServer, model_path: Path, big_jpeg: bytes, tmp_path: Path
+    shared_redis: RedisServer, model_path: Path, big_jpeg: bytes, tmp_path: Path
 ) -> None:
     """SIGKILL the only replica mid-job; another one, started after, re-runs it once the lease lapses."""
-    store = {"job_store": redis_server.url(db=1)}
+    store = {"job_store": shared_redis.url(db=1)}
     victim = _start(model_path, tmp_path / "victim.log", **store)
     job_id = submit(victim, big_jpeg)
     wait_running(victim, job_id)
@@ -250,13 +215,13 @@ def test_a_killed_replica_does_not_leave_its_job_running(
 
 
 def test_a_replica_stopped_with_sigterm_gives_its_job_back(
-    redis_server: RedisServer, model_path: Path, big_jpeg: bytes, tmp_path: Path
+    shared_redis: RedisServer, model_path: Path, big_jpeg: bytes, tmp_path: Path
 ) -> None:
     """A rolling update: the stopping replica puts its running job back first in line at once, without
     spending one of its attempts, instead of leaving it to the lease."""
     import redis
 
-    url = redis_server.url(db=2)
+    url = shared_redis.url(db=2)
     stopping = _start(model_path, tmp_path / "stopping.log", job_store=url)
     job_id = submit(stopping, big_jpeg)
     wait_running(stopping, job_id)
