@@ -146,6 +146,8 @@ class Bounds:
 
 
 def queue_full(queued: int, bounds: Bounds) -> Overloaded:
+    """503 for a full queue. The store does not know the queued photos' sizes, so Retry-After is a
+    rough half second per job ahead rather than a prediction."""
     wait = max(MIN_RETRY_AFTER_S, math.ceil(HEARTBEAT_S * queued))
     return Overloaded(f"{queued} jobs are already queued (limit {bounds.max_queued}); retry later", wait)
 
