@@ -75,12 +75,7 @@ class JobRunner:
         """Claim and run jobs until cancelled; a store error (Redis away) is logged and retried."""
         while True:
             try:
-                if time.monotonic() >= self._next_reap:
-                    self._next_reap = time.monotonic() + REAP_EVERY_S
-                    for job in await self.store.reap():
-                        log.warning("job %s lost its replica: now %s", job.id, job.status)
-                        self.record(job)
-                self.metrics.jobs_queued.set(await self.store.queued())
+                await self._look_around()
                 claimed = await self.store.claim(self.worker) if self.ready() else None
                 if claimed is None:
                     await asyncio.sleep(POLL_S)
@@ -100,7 +95,7 @@ class JobRunner:
         self.metrics.jobs_running.inc()
         try:
             while not (await asyncio.wait({task}, timeout=HEARTBEAT_S))[0]:
-                self.metrics.jobs_queued.set(await self.store.queued())
+                await self._look_around()
                 if not await self.store.heartbeat(job_id, self.worker, progress.fraction, progress.eta_s):
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -121,6 +116,15 @@ class JobRunner:
                 await asyncio.gather(task, return_exceptions=True)
                 await self.store.release(job_id, self.worker)
             self.metrics.jobs_running.dec()
+
+    async def _look_around(self) -> None:
+        """Refresh the queue depth gauge and, every REAP_EVERY_S, reap lapsed leases (busy or idle)."""
+        self.metrics.jobs_queued.set(await self.store.queued())
+        if time.monotonic() >= self._next_reap:
+            self._next_reap = time.monotonic() + REAP_EVERY_S
+            for job in await self.store.reap():
+                log.warning("job %s lost its replica: now %s", job.id, job.status)
+                self.record(job)
 
     async def _attempt(self, claimed: Claimed, progress: JobProgress) -> JobResult:
         """The enhancement; while /enhance traffic fills the admission, wait its Retry-After and try again."""
