@@ -113,9 +113,11 @@ def chromaticity_shift(answer: np.ndarray, upload: np.ndarray) -> float:
 
     a, u = blocks(answer), blocks(upload)
     usable = u.mean(axis=-1) >= CHROMA_MIN_LEVEL
-    rg_a = a[..., :2] / np.maximum(a.sum(axis=-1, keepdims=True), 1e-6)
-    rg_u = u[..., :2] / u.sum(axis=-1, keepdims=True).clip(1e-6)
-    return float(np.linalg.norm(rg_a - rg_u, axis=-1)[usable].mean()) if usable.any() else 0.0
+
+    def chromaticity(blocks: np.ndarray) -> np.ndarray:
+        return blocks[..., :2] / np.maximum(blocks.sum(axis=-1, keepdims=True), 1e-6)
+
+    return float(np.linalg.norm(chromaticity(a) - chromaticity(u), axis=-1)[usable].mean()) if usable.any() else 0.0
 
 
 def upload_bytes(rgb: np.ndarray, jpeg_quality: int | None) -> bytes:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from service.exposure import LUMA_WEIGHTS
 from training import camera
 
-LUMA = torch.tensor([0.299, 0.587, 0.114])  # BT.601, as service.exposure measures brightness
+LUMA = torch.from_numpy(LUMA_WEIGHTS)  # the weights service.exposure measures brightness with
 Augment = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
