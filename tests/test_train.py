@@ -48,10 +48,24 @@ def test_stage2_leaves_encoder_and_decoder_bit_identical(
     stage1, _ = load_weights(stage1_run / "last.pt")
     before = state_digest([stage1.encoder, stage1.decoder])
     train_tiny(
-        "stage2", synthetic_data, tmp_path, "--stage1", str(stage1_run / "last.pt"), "--steps", "4", "--val-every", "0"
+        "stage2",
+        synthetic_data,
+        tmp_path,
+        "--stage1",
+        str(stage1_run / "last.pt"),
+        "--steps",
+        "4",
+        "--val-every",
+        "0",
+        "--keep-every",
+        "2",
     )
     after, payload = load_weights(tmp_path / "last.pt")
     assert payload["stage"] == "stage2"
+    # --keep-every kept the weights of steps 2 and 4 for good; the end's equal last.pt's.
+    assert sorted(path.name for path in tmp_path.glob("step-*.pt")) == ["step-2.pt", "step-4.pt"]
+    kept, kept_payload = load_weights(tmp_path / "step-4.pt")
+    assert kept_payload["step"] == 4 and state_digest([kept.frnet]) == state_digest([after.frnet])
     # Weights AND BatchNorm running statistics are unchanged...
     assert state_digest([after.encoder, after.decoder]) == before
     for name, tensor in stage1.encoder.state_dict().items():
@@ -252,7 +266,7 @@ def test_checkpoint_record_keeps_the_keys_of_the_shipped_training_record() -> No
     config = parse_config(["stage2", "--data", "D", "--out", "R", "--preset", "exposure-2.0", "--init", "x.pt"])
     record = list(config.as_record())
     # Options added after the shipped run (issue 22's colour mix) come last, just before "stage".
-    added = ["colour_recast", "colour_synthetic"]
+    added = ["colour_recast", "colour_synthetic", "keep_every"]
     assert record[-len(added) - 1 : -1] == added and config.colour_recast == config.colour_synthetic == 0.0
     assert [key for key in record if key not in added] == list(shipped)
     stage1 = parse_config(["stage1", "--data", "D", "--out", "R"]).as_record()

@@ -79,6 +79,7 @@ class TrainConfig:
     val_exposures: bool = False
     colour_recast: float = 0.0
     colour_synthetic: float = 0.0
+    keep_every: int = 0
 
     def __post_init__(self) -> None:
         if self.precision == "fp16" and self.device != "cuda":
@@ -157,6 +158,11 @@ def add_arguments(parser: argparse.ArgumentParser, stage: str, *, run_flags: boo
     parser.add_argument("--val-every", type=int, help="validate (and save best) every N steps; 0: only at the end")
     parser.add_argument("--val-limit", type=int, help="validate on the first N val pairs only (0: all)")
     parser.add_argument("--save-every", type=int, help="write last.pt every N steps")
+    parser.add_argument(
+        "--keep-every",
+        type=int,
+        help="also keep the weights of every N-th step (step-N.pt), to average by a rule fixed before training",
+    )
     parser.add_argument("--log-every", type=int)
     parser.add_argument("--workers", type=int, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (0: torch default)")

@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Any
 
 LAST, BEST, AVERAGED = "last.pt", "best.pt", "averaged.pt"
+
 TRAIN_LOG, VAL_LOG = "train.csv", "val.csv"
 # What `ship --checkpoint` chooses from.
 CHECKPOINT_FILES = {"best": BEST, "last": LAST, "averaged": AVERAGED}
+
+
+def snapshot_name(step: int) -> str:
+    """The file ``--keep-every`` keeps for one step's weights."""
+    return f"step-{step}.pt"
 
 
 def append_row(run_dir: Path, name: str, row: dict[str, Any]) -> None:

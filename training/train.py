@@ -35,7 +35,7 @@ from training.errors import TrainingError
 from training.evaluate import validate_model
 from training.losses import LossTerms, reconstruction_loss, restoration_loss
 from training.normalisation import ExposureNormalisation
-from training.runs import BEST, LAST, TRAIN_LOG, VAL_LOG, append_row
+from training.runs import BEST, LAST, TRAIN_LOG, VAL_LOG, append_row, snapshot_name
 
 STAGE_HELP = {
     "stage1": "train encoder + decoder to reconstruct normal-light images (100 x MSE)",
@@ -285,6 +285,8 @@ class Trainer:
                     self.set_train_mode()
                 elif self.step % config.save_every == 0:
                     self._save_last()
+                if config.keep_every and self.step % config.keep_every == 0:
+                    self._keep_snapshot()
                 out_of_time = dist_utils.any_rank(time.monotonic() >= deadline, self.ctx, self.device)
                 if out_of_time or self.step >= config.steps:
                     stop_reason = "time budget" if out_of_time and self.step < config.steps else "steps"
@@ -368,6 +370,12 @@ class Trainer:
                 )
         self._save_last()
         return result
+
+    def _keep_snapshot(self) -> None:
+        """The evaluated weights at this step, kept for good: checkpoints averaged by a rule chosen
+        before training (e.g. the middle and the end of the schedule) need no validation to pick them."""
+        if self.ctx.is_main:
+            save_weights(self.evaluated_model(), self.out / snapshot_name(self.step), stage=self.stage, step=self.step)
 
     def _save_last(self) -> None:
         if self.ctx.is_main:
