@@ -56,6 +56,10 @@ PHOTOS = (
         "US Navy photograph, public domain",
         HELD_OUT,
     ),
+    # scikit-learn's two sample photos (its datasets/images/README.txt): outdoor colour that lol-pairs
+    # lacks, a painted temple roof under daylight and a flower.
+    Photo("china", "sklearn", "datasets/images/china.jpg", "CC BY 2.0, danielbuechele on Flickr", HELD_OUT),
+    Photo("flower", "sklearn", "datasets/images/flower.jpg", "CC BY 2.0, vultilion on Flickr", HELD_OUT),
 )
 
 
