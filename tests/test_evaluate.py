@@ -17,11 +17,12 @@ from PIL import Image
 
 from model.checkpoint import save_weights
 from model.network import FRLIE, FRLIEConfig
+from training import colour_bench
 from training.__main__ import main
 from training.data import list_pairs, load_rgb
 from training.evaluate import COMPARISON_SHEET, ENHANCED_DIR, METRIC_KEYS, evaluate_model
 from training.export import export_onnx
-from training.figures import FIGURE_MAX_BYTES
+from training.figures import COLOUR_PANEL_WIDTH, FIGURE_MAX_BYTES, GAP
 from training.inference import load_enhancer, pad_image
 from training.metrics import psnr
 
@@ -116,6 +117,8 @@ def checkpoint_run(checkpoint: Path, lol_pairs: Path, tmp_path_factory: pytest.T
         str(out / "figure.jpg"),
         "--exposure-figure-out",
         str(out / "exposures.jpg"),
+        "--colour-figure-out",
+        str(out / "colour.jpg"),
     )
     return _run_evaluate(checkpoint, lol_pairs, out, "--save-dir", str(out / "saved"), *figure), out
 
@@ -150,12 +153,15 @@ def test_cli_writes_images_sheet_and_small_figure(checkpoint_run: tuple[dict, Pa
         assert written.shape == (400, 600, 3)
     sheet = load_rgb(saved / COMPARISON_SHEET)
     assert sheet.shape[1] < 1000 and sheet.shape[0] < 400 * N_IMAGES  # downscaled, one row per image
-    for name in ("figure.jpg", "exposures.jpg"):
+    for name in ("figure.jpg", "exposures.jpg", "colour.jpg"):
         figure = out / name
         assert figure.read_bytes()[:2] == b"\xff\xd8"  # JPEG
         assert 0 < figure.stat().st_size < FIGURE_MAX_BYTES
     rows = Image.open(out / "exposures.jpg")
     assert rows.height > rows.width / 2  # two rows of input | output
+    colour = Image.open(out / "colour.jpg")  # a row of upload | answer | tone curve | original per held-out photo
+    held_out = [photo for photo in colour_bench.PHOTOS if photo.split == colour_bench.HELD_OUT]
+    assert colour.width == 4 * COLOUR_PANEL_WIDTH + 5 * GAP and colour.height > len(held_out) * 100
 
 
 def test_cli_with_onnx_model_matches_checkpoint(

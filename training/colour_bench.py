@@ -124,6 +124,18 @@ def chromaticity_shift(answer: np.ndarray, upload: np.ndarray) -> float:
     return float(np.linalg.norm(chromaticity(a) - chromaticity(u), axis=-1)[usable].mean()) if usable.any() else 0.0
 
 
+def dark_capture(photo: Photo, original: np.ndarray, divisor: int) -> np.ndarray:
+    """``original`` captured with 1/``divisor`` of its light: one seeded noise draw per photo and divisor,
+    the same in every run and every module that asks (the benchmark, the figure)."""
+    return darken(original, divisor, np.random.default_rng((SEED, PHOTOS.index(photo), divisor)))
+
+
+def as_uploaded(rgb: np.ndarray, jpeg_quality: int | None) -> np.ndarray:
+    """What the service decodes from ``rgb`` sent as PNG (None) or JPEG at ``jpeg_quality``."""
+    with Image.open(io.BytesIO(upload_bytes(rgb, jpeg_quality))) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def upload_bytes(rgb: np.ndarray, jpeg_quality: int | None) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG" if jpeg_quality is None else "JPEG", quality=jpeg_quality or 95)
@@ -152,12 +164,12 @@ def benchmark(
     """Every photo, darkened by each divisor (one seeded noise draw per photo and divisor), uploaded
     as PNG and as JPEG q90 through ``uploading(quality)`` (None: PNG), scored against the original."""
     rows = []
-    for index, photo in enumerate(photos):
+    for photo in photos:
         original = load_photo(photo)
         for divisor in divisors:
-            dark = darken(original, divisor, np.random.default_rng((SEED, index, divisor)))
+            dark = dark_capture(photo, original, divisor)
             for upload, quality in (("PNG", None), (f"JPEG q{JPEG_QUALITY}", JPEG_QUALITY)):
-                sent = np.asarray(Image.open(io.BytesIO(upload_bytes(dark, quality))).convert("RGB"))
+                sent = as_uploaded(dark, quality)
                 answer = uploading(quality)(dark)
                 oracle = tone_curve_oracle(sent, original)
                 rows.append(

@@ -28,7 +28,14 @@ from service.settings import Settings
 from service.strength import AUTO, Strength, parse_strength
 from training.baselines import BASELINES
 from training.data import EXPOSURE_VARIANTS, ExposureVariant, ImagePair, PairedDataError, list_pairs, load_rgb
-from training.figures import Panel, compose, sheet_row, write_before_after, write_exposure_figure
+from training.figures import (
+    Panel,
+    compose,
+    sheet_row,
+    write_before_after,
+    write_colour_figure,
+    write_exposure_figure,
+)
 from training.inference import Enhance, load_enhancer, model_enhancer
 from training.metrics import psnr, psnr_gt_mean, ssim
 from training.niqe import niqe
@@ -416,6 +423,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also run the non-LOL benchmark (training.colour_bench): package-shipped colour photos darkened "
         "by a camera model, PNG and JPEG q90 uploads, PSNR and CIEDE2000 against the original and a tone-curve oracle",
     )
+    parser.add_argument(
+        "--colour-figure-out",
+        type=Path,
+        metavar="FILE.jpg",
+        help="a JPEG of the non-LOL benchmark's held-out photos: dark upload | answer | tone curve | original",
+    )
     parser.add_argument("--figure", metavar="NAME", help="image (e.g. 101 or 101.png) for a before/after JPEG")
     parser.add_argument("--figure-out", type=Path, metavar="FILE.jpg", help="where --figure writes (< 300 KB)")
     parser.add_argument(
@@ -466,15 +479,19 @@ def run(args: argparse.Namespace) -> int:
                     (f"JPEG q{EXPOSURE_JPEG_QUALITY}", jpeg_uploads(enhancer, EXPOSURE_JPEG_QUALITY)),
                 )
             }
+
+        def uploading(quality: int | None) -> Enhance:
+            if isinstance(enhancer, ServedModel):
+                return enhancer.uploading(quality)
+            return enhancer if quality is None else jpeg_uploads(enhancer, quality)
+
         if args.non_lol:
             from training import colour_bench
 
-            def uploading(quality: int | None) -> Enhance:
-                if isinstance(enhancer, ServedModel):
-                    return enhancer.uploading(quality)
-                return enhancer if quality is None else jpeg_uploads(enhancer, quality)
-
             result["non_lol"] = [vars(row) for row in colour_bench.benchmark(uploading)]
+        if args.colour_figure_out is not None:
+            path = write_colour_figure(uploading, args.colour_figure_out)
+            print(f"wrote {path} ({path.stat().st_size / 1000:.0f} KB)")
     except (ValueError, argparse.ArgumentTypeError) as exc:  # includes PairedDataError and a bad --strength
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from training.inference import Enhance
 from training.runs import read_val_log
 
 SHEET_TILE_WIDTH = 200  # px per panel: 3 panels per row keeps the sheet ~620 px wide
+COLOUR_PANEL_WIDTH = 240  # px per panel of the non-LOL colour figure: 4 panels per row, ~980 px
 FIGURE_MAX_BYTES = 300_000  # README figures must stay small
 FIGURE_QUALITIES = (92, 88, 84, 80, 75, 70, 60, 50)
 GAP = 4
@@ -90,6 +91,35 @@ def write_before_after(
     """One JPEG, low-light input | enhanced output, for the README; kept under ``max_bytes``."""
     low = load_rgb(pair.low)
     return _write_jpeg([[(low, f"input (low light)  {pair.name}"), (enhancer(low), "FRLIE")]], out_path, max_bytes)
+
+
+def write_colour_figure(
+    uploading: Callable[[int | None], Enhance],
+    out_path: str | Path,
+    divisor: int = 16,
+    max_bytes: int = FIGURE_MAX_BYTES,
+) -> Path:
+    """One JPEG, a row per held-out photo of the non-LOL benchmark (training.colour_bench): the photo
+    captured with 1/``divisor`` of its light and sent as JPEG q90 (what phones send), the answer, the
+    hue-keeping tone curve told the original's brightness, and the original."""
+    from training import colour_bench
+
+    quality = colour_bench.JPEG_QUALITY
+    rows = []
+    for photo in colour_bench.PHOTOS:
+        if photo.split != colour_bench.HELD_OUT:
+            continue
+        original = colour_bench.load_photo(photo)
+        dark = colour_bench.dark_capture(photo, original, divisor)
+        sent = colour_bench.as_uploaded(dark, quality)
+        panels = [
+            (f"upload: 1/{divisor} of the light, JPEG q{quality}", sent),
+            ("FRLIE answer", uploading(quality)(dark)),
+            ("tone curve, told the brightness", colour_bench.tone_curve_oracle(sent, original)),
+            (f"original  {photo.name}", original),
+        ]
+        rows.append([(_thumbnail(image, COLOUR_PANEL_WIDTH), label) for label, image in panels])
+    return _write_jpeg(rows, out_path, max_bytes)
 
 
 def write_exposure_figure(
