@@ -18,7 +18,7 @@ STAGE2_MINUTES ?= 125
 ABLATION_MINUTES ?= 100
 TRAIN_FLAGS ?= --threads 2 --resume
 
-.PHONY: help serve test lint train train-exposure train-normalised train-noise train-finetune train-colour ablation export ship calibrate evaluate bench clean
+.PHONY: help serve test lint train train-exposure train-normalised train-noise train-finetune train-colour ablation export ship calibrate evaluate bench gpu-check clean
 
 help:
 	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
@@ -36,6 +36,7 @@ help:
 	@echo "make calibrate fit the enhancement policy of MODEL on DATA/train and store it in the file"
 	@echo "make evaluate  PSNR/SSIM/NIQE of MODEL on DATA/val with baselines"
 	@echo "make bench     CPU benchmarks"
+	@echo "make gpu-check on a lent GPU machine: CUDA training speed, torch latency and fp16 error (bench/gpu_check.py)"
 
 $(VENV)/.serve-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -120,6 +121,18 @@ evaluate: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench all
+
+# The one bounded check for a lent GPU machine (bench/gpu_check.py: CUDA training speed in bf16 and
+# fp16, torch latency and fp16 error, ONNX Runtime's CUDA provider where installed). Here, first:
+# .ci/gpu-wheels.sh (the packages the machine's image lacks, into .whl); then the device `run` with
+# carry [".whl"] and the command `make gpu-check`. GPU_PY is the machine's own Python, which has torch.
+GPU_PY ?= python3
+GPU_CHECK_SECONDS ?= 480
+gpu-check:
+	if [ -d .whl ]; then $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target /tmp/gpu-site .whl/*.whl; fi
+	PYTHONPATH=/tmp/gpu-site:$(CURDIR) PYTHONUNBUFFERED=1 timeout $(GPU_CHECK_SECONDS) \
+		$(GPU_PY) -m bench.gpu_check --out $${OUT:-gpu-check}
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

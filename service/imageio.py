@@ -28,8 +28,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from types import ModuleType
 
-import imagecodecs
 import numpy as np
 import tifffile
 from PIL import ExifTags, Image, ImageCms, ImageOps
@@ -212,10 +212,18 @@ def answer_exif(exif: Image.Exif, keep_gps: bool) -> bytes | None:
     return answer.tobytes()
 
 
+def _codecs() -> ModuleType:
+    """imagecodecs, imported on the first 16-bit PNG: its 26 MB of codec libraries are not loaded by
+    every process that imports the service (the training CLI, the GPU check on a lent machine)."""
+    import imagecodecs
+
+    return imagecodecs
+
+
 def _sixteen_bit_rgb(image: Image.Image, data: bytes) -> np.ndarray | None:
     """The samples of a 16-bit RGB(A) PNG or TIFF, H x W x C uint16 as stored; None for other uploads."""
     if image.format == "PNG" and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x06"):  # IHDR depth, colour
-        samples: np.ndarray = imagecodecs.png_decode(data)
+        samples: np.ndarray = _codecs().png_decode(data)
     elif image.format == "TIFF" and _tiff_sample_bits(image) == (16, 16, 16):
         samples = tifffile.imread(io.BytesIO(data))
     else:
@@ -371,7 +379,7 @@ def _sixteen_bit_png(
     samples = np.rint(np.clip(pixels, 0.0, 1.0) * np.float32(DEEP_MAX)).astype(np.uint16)
     if alpha is not None:
         samples = np.dstack([samples, alpha.astype(np.uint16) * np.uint16(257)])
-    png = bytes(imagecodecs.png_encode(samples, level=PNG_COMPRESS_LEVEL))
+    png = bytes(_codecs().png_encode(samples, level=PNG_COMPRESS_LEVEL))
     chunks = []
     if icc_profile:
         chunks.append(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc_profile)))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from training.synthetic import write_synthetic_pairs
+
 DATA_ENV = "FRLIE_DATA"
 
 
@@ -23,24 +25,6 @@ def lol_pairs() -> Path:
         pytest.skip(f"set {DATA_ENV} to the lol-pairs folder (e.g. ../shared/data/lol-pairs) to run this test")
     if not (root / "val" / "low").is_dir():
         pytest.skip(f"{DATA_ENV}={root} has no val/low folder")
-    return root
-
-
-def write_synthetic_pairs(root: Path, count: int, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
-    """Smooth random 'scenes' (high) and dark, noisy, red-cast versions of them (low), as PNGs."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    height, width = size
-    for folder in ("low", "high"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        coarse = rng.uniform(0, 255, size=(height // 8, width // 8, 3)).astype(np.uint8)
-        high = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
-        low = high * np.array([0.25, 0.15, 0.15]) + rng.normal(0, 3, size=high.shape)
-        Image.fromarray(high.clip(0, 255).astype(np.uint8)).save(root / "high" / f"{index}.png")
-        Image.fromarray(low.clip(0, 255).astype(np.uint8)).save(root / "low" / f"{index}.png")
     return root
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench import images
+from bench import gpu_check, images
 from bench.cli import EXIT_NO_DEVICE, main
 from bench.load import LoadSpec, generate
 from bench.machine import Machine, cpu_peak, gpu_peak, gpus
@@ -246,3 +246,23 @@ def test_sizes_and_numbers_parse_and_print_for_tables() -> None:
 def test_the_cuda_set_refuses_to_time_a_cpu_fallback(tmp_path: Path) -> None:
     assert main(["model", "--device", "cuda", "--quick", "--out", str(tmp_path)]) == EXIT_NO_DEVICE
     assert not (tmp_path / "model-cuda-quick.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_the_gpu_check_runs_its_code_briefly_on_the_cpu(tmp_path: Path) -> None:
+    """`make gpu-check` has one call on a rarely lent GPU: the same code, tiny, must work here first."""
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    (training,) = report["training"]
+    assert training["precision"] == "bf16" and 0 < training["seconds_per_step"] < 60
+    assert training["schedule_minutes"] == pytest.approx(training["seconds_per_step"] * 8000 / 60)
+    latency = {row["dtype"]: row for row in report["latency"]}
+    assert latency["fp32"]["max_abs_vs_fp32"] == 0 and latency["fp32"]["median_ms"] > 0
+    assert 0 < latency["bf16"]["max_abs_vs_fp32"] < 0.1  # reduced precision: close to fp32, not equal
+    assert report["onnxruntime_cuda"] == {"ran": False}
+
+
+@pytest.mark.skipif(bool(gpus()), reason="a GPU is present: the check really runs there")
+def test_the_gpu_check_without_a_gpu_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert gpu_check.main(["--out", str(tmp_path)]) == gpu_check.EXIT_NO_DEVICE
+    assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "gpu-check.json").exists()
