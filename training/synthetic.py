@@ -20,7 +20,7 @@ def write_synthetic_pairs(root: Path, count: int, size: tuple[int, int] = (48, 6
         (root / folder).mkdir(parents=True, exist_ok=True)
     for index in range(count):
         coarse = rng.uniform(0, 255, size=(max(1, height // 8), max(1, width // 8), 3)).astype(np.uint8)
-        high = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
+        high = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
         low = high * np.array([0.25, 0.15, 0.15]) + rng.normal(0, 3, size=high.shape)
         Image.fromarray(high.clip(0, 255).astype(np.uint8)).save(root / "high" / f"{index}.png")
         Image.fromarray(low.clip(0, 255).astype(np.uint8)).save(root / "low" / f"{index}.png")
