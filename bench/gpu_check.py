@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -35,13 +34,14 @@ import numpy as np
 
 from bench.machine import gpus
 from model.contract import WEIGHTS_DIR, WEIGHTS_NAME
+from training.config import read_preset
+from training.metrics import psnr
 
 BUNDLED_CHECKPOINT = WEIGHTS_DIR / WEIGHTS_NAME  # its encoder/decoder are the frozen stage-1 parts
-RECIPE = ("--batch-size", "16", "--crop", "128", "--fr-blocks", "4")
-SCHEDULE_STEPS = 8000  # the shipped stage 2 (training/presets/stage2-1.1.toml)
+RECIPE = "stage2-1.1"  # the shipped stage 2's preset: batch 16, 128 px crops, its schedule's length
 LATENCY_SIZES = ((600, 400), (1920, 1080))
 TRAIN_PRECISIONS = {"cuda": ("bf16", "fp16"), "cpu": ("bf16",)}
-LATENCY_DTYPES = ("fp32", "bf16", "fp16")
+LATENCY_DTYPES = {"cuda": ("fp32", "bf16", "fp16"), "cpu": ("fp32", "bf16")}
 EXIT_NO_DEVICE = 3
 
 
@@ -56,6 +56,8 @@ def _train_seconds(data: Path, out: Path, device: str, precision: str, steps: in
         str(data),
         "--out",
         str(out),
+        "--preset",
+        RECIPE,
         "--stage1",
         str(stage1),
         "--device",
@@ -67,7 +69,6 @@ def _train_seconds(data: Path, out: Path, device: str, precision: str, steps: in
         "--val-every",
         "0",
         "--quiet",
-        *RECIPE,
     ]
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -83,6 +84,7 @@ def training_speed(device: str, quick: bool, work: Path) -> list[dict[str, Any]]
     write_synthetic_pairs(data / "train", 24, size=size, seed=1)
     write_synthetic_pairs(data / "val", 2, size=size, seed=2)
     short, long = (1, 3) if quick else (20, 220)
+    schedule_steps = read_preset(RECIPE, "stage2")["steps"]
     rows = []
     for precision in TRAIN_PRECISIONS[device]:
         first = _train_seconds(data, work / f"{precision}-short", device, precision, short, BUNDLED_CHECKPOINT)
@@ -92,15 +94,16 @@ def training_speed(device: str, quick: bool, work: Path) -> list[dict[str, Any]]
             {
                 "precision": precision,
                 "seconds_per_step": per_step,
-                "schedule_minutes": per_step * SCHEDULE_STEPS / 60,
+                "schedule_steps": schedule_steps,
+                "schedule_minutes": per_step * schedule_steps / 60,
             }
         )
     return rows
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+def _as_rgb_255(answer: np.ndarray) -> np.ndarray:
+    """A 1 x 3 x H x W answer in [0, 1] as H x W x 3 on 0..255, the layout training.metrics scores."""
+    return answer[0].transpose(1, 2, 0) * 255.0
 
 
 def latency(device: str, quick: bool) -> list[dict[str, Any]]:
@@ -119,7 +122,7 @@ def latency(device: str, quick: bool) -> list[dict[str, Any]]:
         generator = torch.Generator().manual_seed(0)
         image = (torch.rand(1, 3, height, width, generator=generator) * 0.15).to(device)
         answers: dict[str, np.ndarray] = {}
-        for name in LATENCY_DTYPES if device == "cuda" else ("fp32", "bf16"):
+        for name in LATENCY_DTYPES[device]:
             dtype = dtypes[name]
 
             def run(image: torch.Tensor = image, dtype: torch.dtype = dtype) -> torch.Tensor:
@@ -143,13 +146,13 @@ def latency(device: str, quick: bool) -> list[dict[str, Any]]:
                     "dtype": name,
                     "median_ms": float(np.median(timings) * 1000),
                     "max_abs_vs_fp32": float(np.abs(answers[name] - answers["fp32"]).max()),
-                    "psnr_vs_fp32_db": _psnr(answers[name], answers["fp32"]),
+                    "psnr_vs_fp32_db": psnr(_as_rgb_255(answers[name]), _as_rgb_255(answers["fp32"])),
                 }
             )
     return rows
 
 
-def onnxruntime_cuda(quick: bool, out: Path) -> dict[str, Any]:
+def onnxruntime_cuda(out: Path) -> dict[str, Any]:
     """bench's GPU set on ONNX Runtime's CUDA provider, or why it cannot run here."""
     import onnxruntime as ort
 
@@ -186,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         report["training"] = training_speed(args.device, args.quick, Path(scratch))
     report["latency"] = latency(args.device, args.quick)
-    report["onnxruntime_cuda"] = onnxruntime_cuda(args.quick, args.out) if args.device == "cuda" else {"ran": False}
+    report["onnxruntime_cuda"] = onnxruntime_cuda(args.out) if args.device == "cuda" else {"ran": False}
     (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
     print(f"{report['device']}, torch {report['torch']}")
     for row in report["training"]:
         print(
             f"stage 2, {row['precision']}: {row['seconds_per_step']:.3f} s/step "
-            f"-> {row['schedule_minutes']:.1f} min for {SCHEDULE_STEPS} steps"
+            f"-> {row['schedule_minutes']:.1f} min for {row['schedule_steps']} steps"
         )
     for row in report["latency"]:
         print(

@@ -160,8 +160,8 @@ def test_cli_writes_images_sheet_and_small_figure(checkpoint_run: tuple[dict, Pa
     rows = Image.open(out / "exposures.jpg")
     assert rows.height > rows.width / 2  # two rows of input | output
     colour = Image.open(out / "colour.jpg")  # a row of upload | answer | tone curve | original per held-out photo
-    held_out = [photo for photo in colour_bench.PHOTOS if photo.split == colour_bench.HELD_OUT]
-    assert colour.width == 4 * COLOUR_PANEL_WIDTH + 5 * GAP and colour.height > len(held_out) * 100
+    assert colour.width == 4 * COLOUR_PANEL_WIDTH + 5 * GAP
+    assert colour.height > len(colour_bench.HELD_OUT_PHOTOS) * 100
 
 
 def test_cli_with_onnx_model_matches_checkpoint(

@@ -61,6 +61,7 @@ PHOTOS = (
     Photo("china", "sklearn", "datasets/images/china.jpg", "CC BY 2.0, danielbuechele on Flickr", HELD_OUT),
     Photo("flower", "sklearn", "datasets/images/flower.jpg", "CC BY 2.0, vultilion on Flickr", HELD_OUT),
 )
+HELD_OUT_PHOTOS = tuple(photo for photo in PHOTOS if photo.split == HELD_OUT)
 
 
 def load_photo(photo: Photo) -> np.ndarray:

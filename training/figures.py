@@ -106,9 +106,7 @@ def write_colour_figure(
 
     quality = colour_bench.JPEG_QUALITY
     rows = []
-    for photo in colour_bench.PHOTOS:
-        if photo.split != colour_bench.HELD_OUT:
-            continue
+    for photo in colour_bench.HELD_OUT_PHOTOS:
         original = colour_bench.load_photo(photo)
         dark = colour_bench.dark_capture(photo, original, divisor)
         sent = colour_bench.as_uploaded(dark, quality)
