@@ -83,5 +83,7 @@ def recast(low: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def synthetic_low(high: torch.Tensor, divisor: float, full_well: float, read_noise: float, seed: int) -> torch.Tensor:
     """``high`` (3 x H x W, sRGB in [0, 1]) captured with 1/``divisor`` of its light (training.camera)."""
     rng = np.random.default_rng(seed)
-    dark = camera.capture(high.numpy().astype(np.float64), divisor, rng, full_well=full_well, read_noise=read_noise)
+    dark = camera.capture(
+        high.numpy().astype(np.float64), divisor, rng, full_well=full_well, read_noise=read_noise, channel_axis=0
+    )
     return torch.from_numpy(dark.astype(np.float32))
