@@ -87,6 +87,34 @@ def test_stage2_without_stage1_checkpoint_is_a_clear_error(
     assert "--stage1" in capsys.readouterr().err
 
 
+def test_colour_distill_gives_plain_samples_the_teachers_answer(
+    stage1_run: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """--colour-distill: samples the colour mix leaves alone learn the teacher's answer and restored
+    features; colour samples keep the normal-light image. A student equal to its teacher therefore has
+    nothing to learn from plain samples."""
+    train_tiny("stage2", synthetic_data, tmp_path / "teacher", "--stage1", str(stage1_run / "last.pt"), "--steps", "2")
+    teacher_path = tmp_path / "teacher" / "last.pt"
+    base = {"stage": "stage2", "data": synthetic_data, "out": tmp_path / "student", "batch_size": 4, "crop": 32}
+    config = TrainConfig(**base, init=teacher_path, colour_distill=teacher_path, colour_synthetic=0.5, threads=1)
+    trainer = Trainer(config)
+    low, high, plain = next(iter(trainer.loader))
+    assert plain.dtype == torch.bool and low.shape == high.shape
+    plain = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        output, _, restored, target_features = trainer.forward(low, high)
+        target, features = trainer._distilled_targets(low, plain, high, target_features)
+    assert torch.equal(target[plain], output[plain]) and torch.equal(target[~plain], high[~plain])
+    assert torch.equal(features[plain], restored[plain]) and torch.equal(features[~plain], target_features[~plain])
+    with pytest.raises(TrainingError, match="colour mix"):
+        Trainer(TrainConfig(**base, init=teacher_path, colour_distill=teacher_path))
+    # A network trained end to end has its own encoder and decoder: its features mean nothing here.
+    train_tiny("e2e", synthetic_data, tmp_path / "e2e", "--steps", "1", "--val-every", "0")
+    other = TrainConfig(**base, init=teacher_path, colour_distill=tmp_path / "e2e" / "last.pt", colour_recast=0.5)
+    with pytest.raises(TrainingError, match="another encoder/decoder"):
+        Trainer(other)
+
+
 def test_e2e_ablation_trains_everything_without_feature_loss(synthetic_data: Path, tmp_path: Path) -> None:
     train_tiny("e2e", synthetic_data, tmp_path, "--steps", "3", "--val-every", "0", "--log-every", "1")
     rows = csv_rows(tmp_path / "train.csv")
@@ -266,7 +294,7 @@ def test_checkpoint_record_keeps_the_keys_of_the_shipped_training_record() -> No
     config = parse_config(["stage2", "--data", "D", "--out", "R", "--preset", "exposure-2.0", "--init", "x.pt"])
     record = list(config.as_record())
     # Options added after the shipped run (issue 22's colour mix) come last, just before "stage".
-    added = ["colour_recast", "colour_synthetic", "keep_every"]
+    added = ["colour_recast", "colour_synthetic", "keep_every", "colour_distill"]
     assert record[-len(added) - 1 : -1] == added and config.colour_recast == config.colour_synthetic == 0.0
     assert [key for key in record if key not in added] == list(shipped)
     stage1 = parse_config(["stage1", "--data", "D", "--out", "R"]).as_record()

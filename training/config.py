@@ -80,6 +80,7 @@ class TrainConfig:
     colour_recast: float = 0.0
     colour_synthetic: float = 0.0
     keep_every: int = 0
+    colour_distill: Path | None = None
 
     def __post_init__(self) -> None:
         if self.precision == "fp16" and self.device != "cuda":
@@ -112,6 +113,7 @@ STAGE2_ONLY = frozenset(
         "val_exposures",
         "colour_recast",
         "colour_synthetic",
+        "colour_distill",
     )
 )
 FIELDS = frozenset(field.name for field in dataclasses.fields(TrainConfig))
@@ -213,6 +215,14 @@ def add_arguments(parser: argparse.ArgumentParser, stage: str, *, run_flags: boo
             "--colour-synthetic",
             type=float,
             help="share of samples whose input is the normal-light image captured dark by training.camera",
+        )
+        colour.add_argument(
+            "--colour-distill",
+            type=Path,
+            metavar="CHECKPOINT",
+            help="samples the colour mix leaves as they are learn this network's answer and restored features "
+            "instead of the normal-light image (it keeps what the network knew of lol-pairs while the colour "
+            "samples teach it other colours); colour samples keep the normal-light target",
         )
         group.add_argument(
             "--val-exposures",

@@ -144,6 +144,7 @@ class PairedImages(Dataset):
     image several times so that small datasets still give long, cheap epochs. ``rotate`` adds the
     90-degree rotations to the flips (the 8 symmetries of a square crop); ``exposure`` replaces the
     input of some samples (see ``ExposureMix``), and ``colour`` its colour (``training.colour_mix``).
+    ``mark_plain`` adds a third item, True where the sample's low is the pair's own (for distillation).
     """
 
     def __init__(
@@ -156,8 +157,10 @@ class PairedImages(Dataset):
         exposure: ExposureMix | None = None,
         normalisation: ExposureNormalisation | None = None,
         colour: ColourMix | None = None,
+        mark_plain: bool = False,
     ) -> None:
         self.pairs = list_pairs(root)
+        self.mark_plain = mark_plain
         self.crop = crop
         self.augment = augment
         self.rotate = rotate and crop is not None
@@ -194,7 +197,7 @@ class PairedImages(Dataset):
             whole = augment(self.low[i].float().div_(255.0), self.high[i].float().div_(255.0))
         return self.normalisation.read(whole.permute(1, 2, 0).numpy()).gain
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         i = index % len(self.pairs)
         low, high = self.low[i], self.high[i]
         if self.crop is not None:
@@ -219,4 +222,6 @@ class PairedImages(Dataset):
             low_f = recolour(low_f, high_f)
         if self.normalisation is not None:
             low_f = low_f * self._normalisation_gain(i, augment)
+        if self.mark_plain:  # a third item: whether the low is lol-pairs' own, neither re-exposed nor recoloured
+            return low_f.contiguous(), high_f.contiguous(), torch.tensor(augment is None and recolour is None)
         return low_f.contiguous(), high_f.contiguous()

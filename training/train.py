@@ -164,6 +164,7 @@ class Trainer:
 
         step_module = StageStep(self.model, self.stage)
         self.forward = DistributedDataParallel(step_module) if self.ctx.enabled else step_module
+        self.teacher = self._load_teacher()
         data_root = config.data
         exposure = ExposureMix(  # the options exist for stage 2 only
             identity=config.exposure_identity,
@@ -182,6 +183,7 @@ class Trainer:
             exposure=exposure,
             normalisation=self.normalisation,
             colour=ColourMix(recast=config.colour_recast, synthetic=config.colour_synthetic),
+            mark_plain=self.teacher is not None,
         )
         self.sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor]] | None = (
             DistributedSampler(self.train_set, seed=config.seed, drop_last=True) if self.ctx.enabled else None
@@ -217,6 +219,19 @@ class Trainer:
         model.encoder.load_state_dict(pretrained.encoder.state_dict())
         model.decoder.load_state_dict(pretrained.decoder.state_dict())
         return model
+
+    def _load_teacher(self) -> FRLIE | None:
+        """The frozen network that plain samples learn from (``--colour-distill``), or None."""
+        config = self.config
+        if config.colour_distill is None:
+            return None
+        if self.stage != "stage2" or not (config.colour_recast or config.colour_synthetic):
+            raise TrainingError("--colour-distill needs stage2 and a colour mix (--colour-recast / --colour-synthetic)")
+        teacher, _ = load_weights(config.colour_distill)
+        if state_digest([teacher.encoder, teacher.decoder]) != state_digest([self.model.encoder, self.model.decoder]):
+            # Its restored features are targets for this FRNet: they must mean the same to this decoder.
+            raise TrainingError(f"{config.colour_distill} has another encoder/decoder than the network trained here")
+        return teacher.to(self.device).eval().requires_grad_(False)
 
     def _restore(self, payload: dict[str, Any]) -> None:
         if payload.get("stage") != self.stage:
@@ -268,8 +283,8 @@ class Trainer:
         while self.step < config.steps:
             if self.sampler is not None:
                 self.sampler.set_epoch(epoch)
-            for low, high in self.loader:
-                terms = self._train_step(low, high, scaler)
+            for low, high, *plain in self.loader:
+                terms = self._train_step(low, high, scaler, plain[0] if plain else None)
                 self.step += 1
                 for key, value in {"loss": terms.total.item(), **terms.parts}.items():
                     running[key] = running.get(key, 0.0) + value
@@ -305,10 +320,14 @@ class Trainer:
         dist_utils.shutdown(self.ctx)
         return {"step": self.step, "best_psnr": self.best_psnr, "stop_reason": stop_reason, **(result or {})}
 
-    def _train_step(self, low: torch.Tensor, high: torch.Tensor, scaler: torch.amp.GradScaler) -> LossTerms:
+    def _train_step(
+        self, low: torch.Tensor, high: torch.Tensor, scaler: torch.amp.GradScaler, plain: torch.Tensor | None = None
+    ) -> LossTerms:
         low, high = low.to(self.device, non_blocking=True), high.to(self.device, non_blocking=True)
         with self.autocast():
             output, target, restored, target_features = self.forward(low, high)
+            if self.teacher is not None and plain is not None:
+                target, target_features = self._distilled_targets(low, plain, target, target_features)
         if self.stage == "stage1":
             terms = reconstruction_loss(output.float(), target)
         else:
@@ -321,6 +340,19 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(nn.ModuleList(trainable_parts(self.model, self.stage)))
         return terms
+
+    @torch.no_grad()
+    def _distilled_targets(
+        self, low: torch.Tensor, plain: torch.Tensor, target: torch.Tensor, target_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's answer and restored features as the targets of the plain samples."""
+        assert self.teacher is not None
+        features = self.teacher.frnet(self.teacher.encoder(low))
+        answer = self.teacher.decoder(features)
+        mask = plain.to(self.device).view(-1, 1, 1, 1)
+        return torch.where(mask, answer.to(target.dtype), target), torch.where(
+            mask, features.to(target_features.dtype), target_features
+        )
 
     # --- validation, logs and checkpoints ----------------------------------------------------
     def evaluated_model(self) -> FRLIE:
