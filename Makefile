@@ -18,7 +18,7 @@ STAGE2_MINUTES ?= 125
 ABLATION_MINUTES ?= 100
 TRAIN_FLAGS ?= --threads 2 --resume
 
-.PHONY: help serve test lint train train-exposure train-normalised train-noise train-finetune train-colour ablation export ship calibrate evaluate bench gpu-check clean
+.PHONY: help serve test lint train train-exposure train-normalised train-noise train-finetune train-colour ablation export ship qat calibrate evaluate bench gpu-check clean
 
 help:
 	@echo "make serve     serve the bundled model on http://127.0.0.1:8000 (installs serving deps)"
@@ -33,6 +33,7 @@ help:
 	@echo "make ablation  the end-to-end 'w/o FR' ablation at the same budget"
 	@echo "make export    export CHECKPOINT=$(CHECKPOINT) to MODEL=$(MODEL)"
 	@echo "make ship      export RUN=$(RUN) into model/weights with its training record (0.2 dB rule)"
+	@echo "make qat       quantization-aware fine-tuning of model/weights/frlie-int8.onnx on DATA/train, gated on val (resumable)"
 	@echo "make calibrate fit the enhancement policy of MODEL on DATA/train and store it in the file"
 	@echo "make evaluate  PSNR/SSIM/NIQE of MODEL on DATA/val with baselines"
 	@echo "make bench     CPU benchmarks"
@@ -110,6 +111,10 @@ export: $(VENV)/.dev-installed
 
 ship: $(VENV)/.dev-installed
 	$(PY) -m training ship --run $(RUN) --checkpoint $(SHIP_CHECKPOINT) --model-version "$(VERSION)" --data $(DATA)
+
+QAT_MINUTES ?= 60
+qat: $(VENV)/.dev-installed
+	$(PY) -m training qat --data $(DATA) --run-dir $(RUNS)/qat --max-minutes $(QAT_MINUTES)
 
 calibrate: $(VENV)/.dev-installed
 	$(PY) -m training calibrate --model $(MODEL) --data $(DATA) --table $(RUNS)/calibration/table.jsonl

@@ -26,6 +26,7 @@ from bench import images
 from bench.images import Size
 from bench.machine import Machine, describe
 from bench.report import markdown_table, num, publish, section, timestamp
+from training.evaluate import EXPOSURE_JPEG_QUALITY
 from training.int8_measure import (
     DEFAULT_WINDOW_MP,
     MAX_PSNR_LOSS_DB,
@@ -70,12 +71,14 @@ def verdict(result: dict[str, Any]) -> list[str]:
             continue
         psnr_mark = "pass" if row["psnr_loss_db"] <= MAX_PSNR_LOSS_DB else "FAIL"
         ssim_mark = "pass" if row["ssim_loss"] <= MAX_SSIM_LOSS else "FAIL"
+        split, upload = result["config"].get("split", "val"), row.get("upload", "PNG")
         lines.append(
-            f"{psnr_mark}: val PSNR {-row['psnr_loss_db']:+.3f} dB against fp32 (a loss of at most "
+            f"{psnr_mark}: {split} PSNR ({upload}) {-row['psnr_loss_db']:+.3f} dB against fp32 (a loss of at most "
             f"{MAX_PSNR_LOSS_DB} dB allowed)"
         )
         lines.append(
-            f"{ssim_mark}: val SSIM {-row['ssim_loss']:+.4f} against fp32 (a loss of at most {MAX_SSIM_LOSS} allowed)"
+            f"{ssim_mark}: {split} SSIM ({upload}) {-row['ssim_loss']:+.4f} against fp32 (a loss of at most "
+            f"{MAX_SSIM_LOSS} allowed)"
         )
     return lines
 
@@ -85,15 +88,28 @@ SPEED_HEADERS = [
     "speed-up", "runs fp32/int8",
 ]  # fmt: skip
 QUALITY_HEADERS = [
-    "input", "val pairs", "fp32 PSNR", "int8 PSNR", "Δ PSNR dB", "fp32 SSIM", "int8 SSIM", "Δ SSIM",
-    "int8 vs fp32 PSNR (mean)", "(min)",
+    "input", "upload", "pairs", "fp32 PSNR", "int8 PSNR", "Δ PSNR dB", "fp32 SSIM", "int8 SSIM", "Δ SSIM",
+    "int8 vs fp32 PSNR (mean)", "(min)", "photos losing > 0.1 / > 0.2 dB", "worst photo",
 ]  # fmt: skip
 QUALITY_NOTES = [
     "PSNR/SSIM of the 8-bit outputs against the normal-light references (training.metrics); the last "
     "two columns compare the int8 output with the fp32 output, image by image.",
     "Input 'low' is the benchmark task; other rows are exposure variants of the same pairs "
     "(training.data.EXPOSURE_VARIANTS), scored against the same references.",
+    "Upload: the input as it is (PNG), or after a JPEG q90 round trip, as phones and browsers send it; "
+    "both files get the same JPEG.",
 ]
+
+
+def photo_losses(row: dict[str, Any]) -> dict[str, Any]:
+    """Per-photo PSNR lost by int8 against fp32: how many lose more than 0.1 / 0.2 dB, and the worst."""
+    drops = {image["name"]: image["fp32_psnr"] - image["int8_psnr"] for image in row["images"]}
+    worst = max(drops, key=lambda name: drops[name])
+    return {
+        "over_0.1_db": sum(drop > 0.1 for drop in drops.values()),
+        "over_0.2_db": sum(drop > 0.2 for drop in drops.values()),
+        "worst": {"name": worst, "psnr_drop_db": drops[worst]},
+    }
 
 
 def _speed_notes(config: dict[str, Any]) -> list[str]:
@@ -114,10 +130,13 @@ def _speed_row(row: dict[str, Any]) -> list[str]:
 
 
 def _quality_row(row: dict[str, Any]) -> list[str]:
+    losses = photo_losses(row)
     return [
-        row["exposure"], str(row["pairs"]), num(row["fp32_psnr"], 4), num(row["int8_psnr"], 4),
-        f"{-row['psnr_loss_db']:+.3f}", num(row["fp32_ssim"], 4), num(row["int8_ssim"], 4),
-        f"{-row['ssim_loss']:+.4f}", num(row["int8_vs_fp32_psnr_mean"], 4), num(row["int8_vs_fp32_psnr_min"], 4),
+        row["exposure"], row.get("upload", "PNG"), str(row["pairs"]), num(row["fp32_psnr"], 4),
+        num(row["int8_psnr"], 4), f"{-row['psnr_loss_db']:+.3f}", num(row["fp32_ssim"], 4),
+        num(row["int8_ssim"], 4), f"{-row['ssim_loss']:+.4f}", num(row["int8_vs_fp32_psnr_mean"], 4),
+        num(row["int8_vs_fp32_psnr_min"], 4), f"{losses['over_0.1_db']} / {losses['over_0.2_db']}",
+        f"{losses['worst']['name']}: -{losses['worst']['psnr_drop_db']:.2f} dB",
     ]  # fmt: skip
 
 
@@ -129,7 +148,8 @@ def markdown(result: dict[str, Any], caption: str) -> str:
         out.append(section("int8 vs fp32 on the CPU: speed", caption, table, _speed_notes(result["config"])))
     if result["quality"]:
         table = markdown_table(QUALITY_HEADERS, [_quality_row(row) for row in result["quality"]])
-        out.append(section("int8 vs fp32: quality on val", caption, table, QUALITY_NOTES))
+        split = result["config"].get("split", "val")
+        out.append(section(f"int8 vs fp32: quality on {split}", caption, table, QUALITY_NOTES))
     out.append("\n".join(f"- {line}" for line in verdict(result)) + "\n")
     return "\n".join(out)
 
@@ -176,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="low",
         help="comma-separated val input variants: low, 'low x2', 'low x4', high (default: low)",
     )
+    parser.add_argument(
+        "--split",
+        choices=("val", "train"),
+        default="val",
+        help="pairs whose quality is measured (default val; train: per-photo losses on 247 more photos)",
+    )
     parser.add_argument("--no-speed", action="store_true", help="quality only")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     return parser
@@ -220,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "budget_s": args.budget_s,
             "window_mp": args.window_mp,
             "exposures": list(args.exposures),
+            "split": args.split,
         },
         "fp32_metadata": {k: v for k, v in read_metadata(args.fp32).items() if k in ("model_version", "precision")},
         "int8_quantization": read_quantization(args.int8),
@@ -234,7 +261,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             budget_s=args.budget_s,
             window_mp=args.window_mp,
         ),
-        "quality": [] if args.data is None else quality(args.fp32, args.int8, args.data, args.exposures),
+        "quality": []
+        if args.data is None
+        else [
+            row
+            for jpeg_quality in (None, EXPOSURE_JPEG_QUALITY)
+            for row in quality(
+                args.fp32, args.int8, args.data, args.exposures, split=args.split, jpeg_quality=jpeg_quality
+            )
+        ],
     }
     result["elapsed_s"] = time.perf_counter() - started
     result["verdict"] = verdict(result)

@@ -10,6 +10,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -21,6 +22,9 @@ from service.ensemble import passes_for
 from service.policy import Policy, PolicyConstants
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from model.network import FRLIE
+
 TINY_MODEL_VERSION = "test-tiny"
 STARTUP_TIMEOUT_S = 60.0
 # uvicorn finishes its graceful shutdown, then re-raises the SIGTERM it caught.
@@ -28,26 +32,31 @@ GRACEFUL_EXIT_CODES = (0, -signal.SIGTERM)
 _exported: dict[str, Path] = {}
 
 
+def tiny_network() -> FRLIE:
+    """The width-8, 1-block network (receptive radius 51) with random weights (seed 0), re-drawn with
+    a gain that keeps activations alive, so the output depends on the input (including pixels ~50 px
+    away) instead of being a flat grey. torch is imported here: service tests need none."""
+    import torch
+    from torch import nn
+
+    from model.network import FRLIE, FRLIEConfig
+
+    torch.manual_seed(0)
+    network = FRLIE(FRLIEConfig(width=8, fr_blocks=1)).eval()
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.normal_(0.0, 1.2 / math.sqrt(module.weight[0].numel()))
+                module.bias.uniform_(-0.1, 0.1)
+    return network
+
+
 def export_tiny_model(directory: Path) -> Path:
-    """Export the width-8, 1-block network (receptive radius 51) once per test process.
-
-    Weights are random but re-drawn with a gain that keeps activations alive, so the output
-    depends on the input (including pixels ~50 px away) instead of being a flat grey.
-    """
+    """Export ``tiny_network`` once per test process."""
     if "tiny" not in _exported:
-        import torch
-        from torch import nn
-
-        from model.network import FRLIE, FRLIEConfig
         from training.export import export_onnx
 
-        torch.manual_seed(0)
-        network = FRLIE(FRLIEConfig(width=8, fr_blocks=1)).eval()
-        with torch.no_grad():
-            for module in network.modules():
-                if isinstance(module, nn.Conv2d):
-                    module.weight.normal_(0.0, 1.2 / math.sqrt(module.weight[0].numel()))
-                    module.bias.uniform_(-0.1, 0.1)
+        network = tiny_network()
         path = directory / "tiny.onnx"
         export_onnx(network, path, metadata={"model_version": TINY_MODEL_VERSION})
         _exported["tiny"] = path

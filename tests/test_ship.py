@@ -172,8 +172,13 @@ def test_ship_with_data_writes_gated_int8_and_fp16_files_and_without_removes_sta
         # Quality only: speed belongs to the host that serves (service.precision races the files).
         assert gate["precision"] == precision and gate["val_pairs"] == 2 and "speed" not in gate
         assert gate["passed"] == (record["quality_gate"] == "passed")
-        assert gate["passed"] == (
-            gate["psnr_drop_db"] <= 0.1 and gate["ssim_drop"] <= 0.005 and gate["worst_image"]["psnr_drop_db"] <= 0.1
+        # Both uploads, PNG (the top level) and JPEG q90, must be within the limits.
+        assert gate["jpeg"]["upload"] == "JPEG q90"
+        assert gate["passed"] == all(
+            upload["psnr_drop_db"] <= 0.1
+            and upload["ssim_drop"] <= 0.005
+            and upload["worst_image"]["psnr_drop_db"] <= 0.1
+            for upload in (gate, gate["jpeg"])
         )
     # New weights without --data: the siblings of the old ones must not stay beside them.
     assert _ship(stage2_run, dest, "--force") == 0

@@ -1,4 +1,4 @@
-"""`python -m training SUBCOMMAND ...`: stage1, stage2, e2e, evaluate, niqe, export, average, ship, curves."""
+"""`python -m training SUBCOMMAND ...`: stage1, stage2, e2e, evaluate, niqe, export, average, ship, curves, qat."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from training.errors import TrainingError
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so `--help` of one command does not pay for the others' imports twice.
-    from training import average, calibrate, curves, evaluate, export, niqe, ship, train
+    from training import average, calibrate, curves, evaluate, export, niqe, qat, ship, train
 
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (train, evaluate, calibrate, niqe, export, average, ship, curves):
+    for module in (train, evaluate, calibrate, niqe, export, average, ship, curves, qat):
         module.add_parser(subparsers)
     return parser
 

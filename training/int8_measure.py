@@ -19,6 +19,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,24 +147,38 @@ def _keeping(enhancer: Any, kept: list[np.ndarray]) -> Any:
 
 
 def quality(
-    fp32: Path, int8: Path, data: Path, exposures: tuple[str, ...], label: str = "int8"
+    fp32: Path,
+    int8: Path,
+    data: Path,
+    exposures: tuple[str, ...],
+    label: str = "int8",
+    split: str = "val",
+    jpeg_quality: int | None = None,
 ) -> list[dict[str, Any]]:
     """Mean PSNR/SSIM vs the references for both files on the val pairs, and int8 vs fp32 PSNR.
 
-    ``label`` names the second file in the keys (``fp16`` for the fp16 file's gate)."""
+    ``label`` names the second file in the keys (``fp16`` for the fp16 file's gate); ``split``
+    "train" measures the training pairs instead (per-photo losses where there are more photos);
+    ``jpeg_quality`` sends both files each input as a JPEG of that quality, as phones upload."""
     from training.data import EXPOSURE_VARIANTS, list_pairs
-    from training.evaluate import evaluate_model, resolve_pairs_dir
+    from training.evaluate import evaluate_model, jpeg_uploads, resolve_pairs_dir
     from training.inference import load_enhancer
     from training.metrics import psnr
 
-    pairs = list_pairs(resolve_pairs_dir(data, "val"))
-    enhancers = {"fp32": load_enhancer(fp32), label: load_enhancer(int8)}
+    pairs = list_pairs(resolve_pairs_dir(data, split))
+    enhancers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "fp32": load_enhancer(fp32),
+        label: load_enhancer(int8),
+    }
+    if jpeg_quality is not None:
+        enhancers = {name: jpeg_uploads(enhancer, jpeg_quality) for name, enhancer in enhancers.items()}
+    upload = "PNG" if jpeg_quality is None else f"JPEG q{jpeg_quality}"
     rows = []
     for exposure in exposures:
         outputs: dict[str, list[np.ndarray]] = {}
         scores = {}
         for name, enhancer in enhancers.items():
-            log.info("quality %s on %d val pairs (%s)", name, len(pairs), exposure)
+            log.info("quality %s on %d %s pairs (%s, %s)", name, len(pairs), split, exposure, upload)
             kept = outputs[name] = []
             scores[name] = evaluate_model(
                 _keeping(enhancer, kept),
@@ -178,8 +193,9 @@ def quality(
         rows.append(
             {
                 "exposure": exposure,
+                "upload": upload,
                 "pairs": len(pairs),
-                "data": str(resolve_pairs_dir(data, "val")),
+                "data": str(resolve_pairs_dir(data, split)),
                 **{
                     f"{name}_{metric}": scores[name]["mean"][metric]
                     for name in enhancers

@@ -3,7 +3,8 @@
 `ship` (and `export --int8 / --fp16`) writes each sibling of the fp32 model, then measures it
 against fp32 on val with the int8 benchmark's own quality measurement (``training.int8_measure``:
 val PSNR / SSIM of both files through ONNX Runtime's CPU provider) against fixed limits: at most
-0.1 dB PSNR and 0.005 SSIM lost on average, and at most 0.1 dB on any one image. The verdict and
+0.1 dB PSNR and 0.005 SSIM lost on average, and at most 0.1 dB on any one image, for PNG uploads and
+again for the same photos uploaded as JPEG q90. The verdict and
 figures go into the file's ``quantization`` record; the service never runs a file that failed,
 unless asked for it by name.
 
@@ -25,6 +26,7 @@ import onnx
 
 from model import contract
 from training.errors import TrainingError
+from training.evaluate import EXPOSURE_JPEG_QUALITY
 from training.fp16 import to_fp16
 from training.int8_measure import MAX_PSNR_LOSS_DB, MAX_SSIM_LOSS, quality
 from training.onnx_metadata import read_metadata, update_metadata
@@ -40,9 +42,8 @@ FP16_METHOD = "onnxconverter-common float16, inputs and outputs kept float32 (ke
 MAX_IMAGE_PSNR_LOSS_DB = 0.1
 
 
-def measure(fp32_path: Path, sibling: Path, data_root: Path, precision: str) -> dict[str, Any]:
-    """Quality on ``data_root``/val of ``sibling`` against its fp32 model, and the verdict."""
-    (low,) = quality(fp32_path, sibling, data_root, ("low",), label=precision)
+def _verdict(low: dict[str, Any], precision: str) -> dict[str, Any]:
+    """One upload format's figures against the limits."""
     drops = {image["name"]: image["fp32_psnr"] - image[f"{precision}_psnr"] for image in low["images"]}
     worst = max(drops, key=lambda name: drops[name])
     passed = (
@@ -51,20 +52,36 @@ def measure(fp32_path: Path, sibling: Path, data_root: Path, precision: str) -> 
         and drops[worst] <= MAX_IMAGE_PSNR_LOSS_DB
     )
     return {
-        "precision": precision,
-        "val_pairs": low["pairs"],
+        "upload": low["upload"],
         "fp32": {"psnr": low["fp32_psnr"], "ssim": low["fp32_ssim"]},
         precision: {"psnr": low[f"{precision}_psnr"], "ssim": low[f"{precision}_ssim"]},
         "psnr_drop_db": low["psnr_loss_db"],
         "ssim_drop": low["ssim_loss"],
         "vs_fp32_psnr_db": low[f"{precision}_vs_fp32_psnr_mean"],
         "worst_image": {"name": worst, "psnr_drop_db": drops[worst]},
+        "passed": passed,
+    }
+
+
+def measure(fp32_path: Path, sibling: Path, data_root: Path, precision: str) -> dict[str, Any]:
+    """Quality on ``data_root``/val of ``sibling`` against its fp32 model, sent as PNG and as JPEG
+    q90 (what phones and browsers upload), and the verdict: both must pass.
+
+    The PNG figures are the record's top level; the JPEG ones are under ``jpeg``."""
+    (png,) = quality(fp32_path, sibling, data_root, ("low",), label=precision)
+    (jpeg,) = quality(fp32_path, sibling, data_root, ("low",), label=precision, jpeg_quality=EXPOSURE_JPEG_QUALITY)
+    figures, jpeg_figures = _verdict(png, precision), _verdict(jpeg, precision)
+    return {
+        "precision": precision,
+        "val_pairs": png["pairs"],
+        **figures,
+        "jpeg": jpeg_figures,
         "limits": {
             "max_psnr_drop_db": MAX_PSNR_LOSS_DB,
             "max_ssim_drop": MAX_SSIM_LOSS,
             "max_image_psnr_drop_db": MAX_IMAGE_PSNR_LOSS_DB,
         },
-        "passed": passed,
+        "passed": figures["passed"] and jpeg_figures["passed"],
     }
 
 
@@ -80,13 +97,15 @@ def describe(figures: dict[str, Any]) -> str:
     """One paragraph for the terminal."""
     precision = figures.get("precision", "int8")
     verdict = "passed: `FRLIE_PRECISION=auto` races it" if figures["passed"] else "failed: never run by `auto`"
-    return (
-        f"{precision} on val ({figures['val_pairs']} pairs): PSNR {figures[precision]['psnr']:.3f} vs fp32 "
-        f"{figures['fp32']['psnr']:.3f} dB (drop {figures['psnr_drop_db']:.3f}), SSIM "
-        f"{figures[precision]['ssim']:.4f} vs {figures['fp32']['ssim']:.4f} (drop {figures['ssim_drop']:.4f}), "
-        f"worst image {figures['worst_image']['name']} -{figures['worst_image']['psnr_drop_db']:.3f} dB; "
-        f"gate {verdict}"
-    )
+    uploads = [figures] + ([figures["jpeg"]] if "jpeg" in figures else [])
+    parts = [
+        f"{upload.get('upload', 'PNG')}: PSNR {upload[precision]['psnr']:.3f} vs fp32 {upload['fp32']['psnr']:.3f} dB "
+        f"(drop {upload['psnr_drop_db']:.3f}), SSIM {upload[precision]['ssim']:.4f} vs {upload['fp32']['ssim']:.4f} "
+        f"(drop {upload['ssim_drop']:.4f}), worst image {upload['worst_image']['name']} "
+        f"-{upload['worst_image']['psnr_drop_db']:.3f} dB"
+        for upload in uploads
+    ]
+    return f"{precision} on val ({figures['val_pairs']} pairs): " + "; ".join(parts) + f"; gate {verdict}"
 
 
 def build_and_gate(fp32_path: Path, data_root: Path, out_path: Path | None = None) -> dict[str, Any]:
