@@ -43,9 +43,10 @@ def test_shipped_files_are_one_small_onnx_its_weights_and_their_record() -> None
 
 
 def test_siblings_share_the_policy_and_record_the_verdict_of_their_quality_gates() -> None:
-    """frlie-int8.onnx (CPUs) and frlie-fp16.onnx (GPUs) are the same weights, gated against fp32 on
-    val when they shipped: `FRLIE_PRECISION=auto` races only files that passed. The verdict follows
-    the recorded figures and limits; fp16 passed, int8 loses too much on one val photo (302)."""
+    """frlie-int8.onnx (CPUs; weights fine-tuned for it by `training qat`) and frlie-fp16.onnx (GPUs)
+    were gated against fp32 on val, PNG and JPEG q90 uploads: `FRLIE_PRECISION=auto` races only files
+    that passed. The verdict follows the recorded figures and limits; fp16 passed, int8 loses too much
+    on one val photo (104)."""
     policy = read_metadata(ONNX_FILE)["policy"]
     for precision in ("int8", "fp16"):
         sibling = WEIGHTS_DIR / f"frlie-{precision}.onnx"
