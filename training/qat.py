@@ -63,8 +63,8 @@ class QatConfig:
     batch: int = 4
     crop: int = 192
     learning_rate: float = 1e-5
-    # Weight of the no-worse term: how much a crop's answer may not lose against the normal-light
-    # reference compared with fp32's answer (0: pure distillation).
+    # Weight of the no-worse term: the squared error against the normal-light reference that a
+    # crop's answer adds to fp32's own (0: pure distillation).
     no_worse_weight: float = 0.0
     # Share of crops sent through a JPEG round trip first (q90, as phones and browsers upload).
     jpeg_share: float = 0.0
