@@ -155,3 +155,16 @@ def test_the_no_worse_term_counts_only_crops_that_lose_against_the_reference() -
     expected = 0.02**2 + (0.12**2 - 0.10**2)
     assert qat.qat_loss(farther, teacher, reference, config).item() == pytest.approx(expected)
     assert qat.qat_loss(farther, teacher, reference, qat.QatConfig()).item() == pytest.approx(0.02**2)
+
+
+def test_every_command_line_setting_reaches_the_fine_tune() -> None:
+    from training.__main__ import build_parser
+
+    args = build_parser().parse_args(
+        "qat --data D --run-dir R --steps 9 --batch 3 --crop 64 --lr 0.002 --no-worse-weight 0.5 "
+        "--jpeg-share 0.25 --init-state S".split()
+    )
+    assert qat.config_from_args(args) == qat.QatConfig(
+        steps=9, batch=3, crop=64, learning_rate=0.002, no_worse_weight=0.5, jpeg_share=0.25
+    )
+    assert args.init_state == Path("S")

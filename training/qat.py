@@ -465,12 +465,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    config = QatConfig(steps=args.steps, batch=args.batch, crop=args.crop, learning_rate=args.lr)
-    result = quantization_aware_int8(
-        args.weights, args.fp32, args.data, args.out, args.run_dir, config, args.max_minutes
+def config_from_args(args: argparse.Namespace) -> QatConfig:
+    """The fine-tune's settings as the command line gave them."""
+    return QatConfig(
+        steps=args.steps,
+        batch=args.batch,
+        crop=args.crop,
+        learning_rate=args.lr,
+        no_worse_weight=args.no_worse_weight,
+        jpeg_share=args.jpeg_share,
     )
-    if result is None:
-        return 0
-    print(json.dumps({key: value for key, value in result.items() if key != "input"}, indent=2, default=str))
+
+
+def run(args: argparse.Namespace) -> int:
+    result = quantization_aware_int8(
+        args.weights,
+        args.fp32,
+        args.data,
+        args.out,
+        args.run_dir,
+        config_from_args(args),
+        max_minutes=args.max_minutes,
+        init_state=args.init_state,
+    )
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
     return 0
