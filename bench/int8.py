@@ -34,6 +34,7 @@ from training.int8_measure import (
     PRECISIONS,
     TARGET_SPEEDUP,
     TARGET_SPEEDUP_SIZES,
+    photo_drops,
     quality,
     speed,
 )
@@ -71,7 +72,7 @@ def verdict(result: dict[str, Any]) -> list[str]:
             continue
         psnr_mark = "pass" if row["psnr_loss_db"] <= MAX_PSNR_LOSS_DB else "FAIL"
         ssim_mark = "pass" if row["ssim_loss"] <= MAX_SSIM_LOSS else "FAIL"
-        split, upload = result["config"].get("split", "val"), row.get("upload", "PNG")
+        split, upload = result["config"]["split"], row["upload"]
         lines.append(
             f"{psnr_mark}: {split} PSNR ({upload}) {-row['psnr_loss_db']:+.3f} dB against fp32 (a loss of at most "
             f"{MAX_PSNR_LOSS_DB} dB allowed)"
@@ -103,7 +104,7 @@ QUALITY_NOTES = [
 
 def photo_losses(row: dict[str, Any]) -> dict[str, Any]:
     """Per-photo PSNR lost by int8 against fp32: how many lose more than 0.1 / 0.2 dB, and the worst."""
-    drops = {image["name"]: image["fp32_psnr"] - image["int8_psnr"] for image in row["images"]}
+    drops = photo_drops(row)
     worst = max(drops, key=lambda name: drops[name])
     return {
         "over_0.1_db": sum(drop > 0.1 for drop in drops.values()),
@@ -132,7 +133,7 @@ def _speed_row(row: dict[str, Any]) -> list[str]:
 def _quality_row(row: dict[str, Any]) -> list[str]:
     losses = photo_losses(row)
     return [
-        row["exposure"], row.get("upload", "PNG"), str(row["pairs"]), num(row["fp32_psnr"], 4),
+        row["exposure"], row["upload"], str(row["pairs"]), num(row["fp32_psnr"], 4),
         num(row["int8_psnr"], 4), f"{-row['psnr_loss_db']:+.3f}", num(row["fp32_ssim"], 4),
         num(row["int8_ssim"], 4), f"{-row['ssim_loss']:+.4f}", num(row["int8_vs_fp32_psnr_mean"], 4),
         num(row["int8_vs_fp32_psnr_min"], 4), f"{losses['over_0.1_db']} / {losses['over_0.2_db']}",
@@ -148,8 +149,7 @@ def markdown(result: dict[str, Any], caption: str) -> str:
         out.append(section("int8 vs fp32 on the CPU: speed", caption, table, _speed_notes(result["config"])))
     if result["quality"]:
         table = markdown_table(QUALITY_HEADERS, [_quality_row(row) for row in result["quality"]])
-        split = result["config"].get("split", "val")
-        out.append(section(f"int8 vs fp32: quality on {split}", caption, table, QUALITY_NOTES))
+        out.append(section(f"int8 vs fp32: quality on {result['config']['split']}", caption, table, QUALITY_NOTES))
     out.append("\n".join(f"- {line}" for line in verdict(result)) + "\n")
     return "\n".join(out)
 

@@ -78,7 +78,7 @@ def test_folding_batch_norms_keeps_the_answer(tiny_weights: Path) -> None:
 
 def test_layout_matches_the_int8_file(tiny_files: tuple[Path, Path]) -> None:
     fp32, int8 = tiny_files
-    layout = qat._read_int8_layout(fp32, int8)
+    layout = qat.read_layout(fp32, int8)
     int8_model = onnx.load(str(int8))
     initializers = {tensor.name for tensor in int8_model.graph.initializer}
     activation_quantizers = sum(
@@ -96,7 +96,7 @@ def test_fake_quantized_network_models_the_int8_file(tiny_weights: Path, tiny_fi
     reference, _ = load_weights(tiny_weights)
     student, _ = load_weights(tiny_weights)
     qat.fold_batch_norms(student)
-    network = qat.fake_quantized(student, qat._read_int8_layout(fp32, int8)).eval()
+    network = qat.fake_quantized(student, qat.read_layout(fp32, int8)).eval()
     session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     for seed in (1, 2):
         image = _image(seed)
@@ -139,8 +139,11 @@ def test_a_whole_run_resumes_writes_a_gated_int8_file_and_keeps_the_fp32_metadat
 
 
 def test_refuses_held_out_data(tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    for folder in ("low", "high"):
+        (val / folder).mkdir(parents=True)
     with pytest.raises(TrainingError, match="held-out"):
-        qat.train_pairs(tmp_path / "val")
+        qat.train_pairs(val)
 
 
 def test_the_no_worse_term_counts_only_crops_that_lose_against_the_reference() -> None:
@@ -160,10 +163,8 @@ def test_the_no_worse_term_counts_only_crops_that_lose_against_the_reference() -
 def test_every_command_line_setting_reaches_the_fine_tune() -> None:
     from training.__main__ import build_parser
 
-    args = build_parser().parse_args(
-        "qat --data D --run-dir R --steps 9 --batch 3 --crop 64 --lr 0.002 --no-worse-weight 0.5 "
-        "--jpeg-share 0.25 --init-state S".split()
-    )
+    line = "qat --data D --run-dir R --steps 9 --batch 3 --crop 64 --lr 0.002 --no-worse-weight 0.5"
+    args = build_parser().parse_args([*line.split(" "), "--jpeg-share", "0.25", "--init-state", "S"])
     assert qat.config_from_args(args) == qat.QatConfig(
         steps=9, batch=3, crop=64, learning_rate=0.002, no_worse_weight=0.5, jpeg_share=0.25
     )

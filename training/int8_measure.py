@@ -146,6 +146,11 @@ def _keeping(enhancer: Any, kept: list[np.ndarray]) -> Any:
     return run
 
 
+def photo_drops(row: dict[str, Any], label: str = "int8") -> dict[str, float]:
+    """PSNR (dB) that each photo of a ``quality`` row loses with the ``label`` file against fp32."""
+    return {image["name"]: image["fp32_psnr"] - image[f"{label}_psnr"] for image in row["images"]}
+
+
 def quality(
     fp32: Path,
     int8: Path,

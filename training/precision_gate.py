@@ -28,7 +28,7 @@ from model import contract
 from training.errors import TrainingError
 from training.evaluate import EXPOSURE_JPEG_QUALITY
 from training.fp16 import to_fp16
-from training.int8_measure import MAX_PSNR_LOSS_DB, MAX_SSIM_LOSS, quality
+from training.int8_measure import MAX_PSNR_LOSS_DB, MAX_SSIM_LOSS, photo_drops, quality
 from training.onnx_metadata import read_metadata, update_metadata
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ MAX_IMAGE_PSNR_LOSS_DB = 0.1
 
 def _verdict(low: dict[str, Any], precision: str) -> dict[str, Any]:
     """One upload format's figures against the limits."""
-    drops = {image["name"]: image["fp32_psnr"] - image[f"{precision}_psnr"] for image in low["images"]}
+    drops = photo_drops(low, precision)
     worst = max(drops, key=lambda name: drops[name])
     passed = (
         low["psnr_loss_db"] <= MAX_PSNR_LOSS_DB
@@ -97,13 +97,12 @@ def describe(figures: dict[str, Any]) -> str:
     """One paragraph for the terminal."""
     precision = figures.get("precision", "int8")
     verdict = "passed: `FRLIE_PRECISION=auto` races it" if figures["passed"] else "failed: never run by `auto`"
-    uploads = [figures] + ([figures["jpeg"]] if "jpeg" in figures else [])
     parts = [
-        f"{upload.get('upload', 'PNG')}: PSNR {upload[precision]['psnr']:.3f} vs fp32 {upload['fp32']['psnr']:.3f} dB "
+        f"{upload['upload']}: PSNR {upload[precision]['psnr']:.3f} vs fp32 {upload['fp32']['psnr']:.3f} dB "
         f"(drop {upload['psnr_drop_db']:.3f}), SSIM {upload[precision]['ssim']:.4f} vs {upload['fp32']['ssim']:.4f} "
         f"(drop {upload['ssim_drop']:.4f}), worst image {upload['worst_image']['name']} "
         f"-{upload['worst_image']['psnr_drop_db']:.3f} dB"
-        for upload in uploads
+        for upload in (figures, figures["jpeg"])
     ]
     return f"{precision} on val ({figures['val_pairs']} pairs): " + "; ".join(parts) + f"; gate {verdict}"
 

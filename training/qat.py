@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import operator
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -39,14 +40,22 @@ import onnx
 import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
 from model.checkpoint import load_weights
-from model.contract import INPUT_NAME, PRECISION, QUANTIZATION
+from model.contract import QUANTIZATION
 from model.network import FRLIE
-from training.data import list_pairs, load_rgb
+from training.data import list_pairs, load_rgb, to_tensor
 from training.errors import TrainingError
-from training.quantize import DEFAULT_RECIPE, Recipe, quantize_int8
+from training.quantize import (
+    DEFAULT_RECIPE,
+    CalibrationDataError,
+    Recipe,
+    pre_process,
+    quantize_int8,
+    resolve_calibration_root,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +101,14 @@ class QuantLayout:
     conv_weights: list[bool]
 
 
-def read_layout(pre_processed: onnx.ModelProto, int8: onnx.ModelProto) -> QuantLayout:
-    """The quantizers of ``int8`` (a QDQ file) placed on the nodes of the fp32 graph it came from."""
+def read_layout(fp32_onnx: Path, int8_onnx: Path) -> QuantLayout:
+    """The quantizers of ``int8_onnx`` (a QDQ file) placed on the nodes of the fp32 graph it was made
+    from (``fp32_onnx`` as ONNX Runtime's pre-processing leaves it, BatchNorms folded)."""
+    with tempfile.TemporaryDirectory(prefix="frlie-qat-") as scratch:
+        pre_path = Path(scratch) / "pre.onnx"
+        pre_process(fp32_onnx, pre_path)
+        pre_processed = onnx.load(str(pre_path))
+    int8 = onnx.load(str(int8_onnx))
     initializers = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in int8.graph.initializer}
     producers = {output: node for node in int8.graph.node for output in node.output}
     quantized: dict[str, QuantPoint] = {}
@@ -171,11 +186,10 @@ def fold_batch_norms(model: FRLIE) -> int:
         mean, var = norm.running_mean, norm.running_var
         if mean is None or var is None:  # a BatchNorm without statistics cannot be folded
             continue
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, mean, var, norm.eps, norm.weight, norm.bias
+        )
         with torch.no_grad():
-            factor = norm.weight / torch.sqrt(var + norm.eps)
-            conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
-            conv.bias = nn.Parameter((bias - mean) * factor + norm.bias)
             norm.weight.fill_(1.0)
             norm.bias.zero_()
             mean.zero_()
@@ -229,17 +243,14 @@ def strip_fake_quant(model: FRLIE) -> None:
 
 def train_pairs(root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every (low, normal-light) pair of the train split, as uint8 H x W x 3."""
-    folder = root / "train" if (root / "train").is_dir() else root
-    if folder.name in ("val", "valid", "test"):
-        raise TrainingError(f"{folder}: quantization-aware fine-tuning never sees held-out pairs")
+    try:  # the same folder rule as the calibration: root/train, never a held-out split
+        folder = resolve_calibration_root(root)
+    except CalibrationDataError as error:
+        raise TrainingError(f"quantization-aware fine-tuning: {error}") from error
     pairs = [(load_rgb(pair.low), load_rgb(pair.high)) for pair in list_pairs(folder)]
     if not pairs:
         raise TrainingError(f"no training pairs under {folder}")
     return pairs
-
-
-def _as_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([image.transpose(2, 0, 1) for image in images]).astype(np.float32) / 255.0)
 
 
 def batches(
@@ -264,7 +275,10 @@ def batches(
                 low_crop = as_jpeg(np.ascontiguousarray(low_crop), EXPOSURE_JPEG_QUALITY)
             lows.append(low_crop)
             highs.append(high_crop)
-        yield _as_tensor(lows), _as_tensor(highs)
+        yield (
+            torch.stack([to_tensor(np.ascontiguousarray(image)) for image in lows]),
+            torch.stack([to_tensor(np.ascontiguousarray(image)) for image in highs]),
+        )
 
 
 def qat_loss(answer: torch.Tensor, teacher: torch.Tensor, reference: torch.Tensor, config: QatConfig) -> torch.Tensor:
@@ -282,8 +296,7 @@ def qat_loss(answer: torch.Tensor, teacher: torch.Tensor, reference: torch.Tenso
 # --- the run --------------------------------------------------------------------------------------------
 
 
-def _state_path(run_dir: Path) -> Path:
-    return run_dir / "qat-state.pt"
+STATE_FILE = "qat-state.pt"  # in the run folder: weights, optimizer, schedule, step, loss history
 
 
 def fine_tune(
@@ -310,7 +323,7 @@ def fine_tune(
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     step, history = 0, []
-    state = _state_path(run_dir)
+    state = run_dir / STATE_FILE
     if state.is_file():
         saved = torch.load(state, weights_only=False)
         if saved["config"] != config.to_dict():
@@ -365,14 +378,6 @@ def fine_tune(
     return student.eval(), record
 
 
-def _read_int8_layout(fp32_onnx: Path, int8_onnx: Path) -> QuantLayout:
-    from training.quantize import _pre_process
-
-    pre = fp32_onnx.with_name(fp32_onnx.stem + "-pre.onnx")
-    _pre_process(fp32_onnx, pre)
-    return read_layout(onnx.load(str(pre)), onnx.load(str(int8_onnx)))
-
-
 def quantization_aware_int8(
     weights: Path,
     fp32_onnx: Path,
@@ -387,7 +392,7 @@ def quantization_aware_int8(
     """Write ``out_path``: the int8 file of ``weights`` fine-tuned under quantization; gate it against
     ``fp32_onnx`` on val and record the verdict. None when ``max_minutes`` ran out (resumable)."""
     from training.export import export_onnx
-    from training.onnx_metadata import read_metadata
+    from training.onnx_metadata import read_metadata, update_metadata
     from training.precision_gate import describe, measure, record_verdict
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -404,18 +409,17 @@ def quantization_aware_int8(
             calibration_cache=cache,
             check_images=0,
         )
-    layout = _read_int8_layout(base_fp32, base_int8)
+    layout = read_layout(base_fp32, base_int8)
     tuned, record = fine_tune(weights, layout, data_root, run_dir, config, max_minutes, init_state)
     if not record["finished"]:
         log.info("stopped at step %d of %d; run again to resume", record["steps_done"], config.steps)
         return None
     tuned_fp32 = run_dir / "tuned.onnx"
-    export_onnx(tuned, tuned_fp32, verify=False)
+    # The file answers for the shipped fp32 model: its metadata (policy included), carried through.
+    export_onnx(tuned, tuned_fp32, metadata=read_metadata(fp32_onnx), verify=False)
     report = quantize_int8(
         tuned_fp32, out_path, calibration_root=data_root / "train", recipe=recipe, calibration_cache=cache
     )
-    # The file answers for the shipped fp32 model: its metadata, plus how this int8 version was made.
-    props = read_metadata(fp32_onnx)
     quantization = json.loads(read_metadata(out_path)[QUANTIZATION])
     quantization["fine_tuning"] = {
         "method": "quantization-aware fine-tuning (training.qat): fake-quantized copy of the network, "
@@ -426,15 +430,11 @@ def quantization_aware_int8(
         "warm_start": None if init_state is None else "the weights of an earlier run of this command",
         "final_loss_psnr_db": -10 * math.log10(max(record["history"][-1]["loss"], 1e-12)),
     }
-    props[PRECISION], props[QUANTIZATION] = "int8", json.dumps(quantization)
-    model = onnx.load(str(out_path))
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
-    onnx.save_model(model, str(out_path), save_as_external_data=False)
+    update_metadata(out_path, {QUANTIZATION: json.dumps(quantization)})
     figures = measure(fp32_onnx, out_path, data_root, "int8")
     record_verdict(out_path, figures)
     log.info("%s", describe(figures))
-    return {**figures, "path": str(out_path), "check": report.check, "input": INPUT_NAME}
+    return {**figures, "path": str(out_path), "check": report.check}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -322,7 +322,8 @@ def resolve_nodes(model: onnx.ModelProto, selectors: Iterable[str]) -> list[str]
     return resolved
 
 
-def _pre_process(fp32_path: Path, out_path: Path) -> None:
+def pre_process(fp32_path: Path, out_path: Path) -> None:
+    """ONNX Runtime's quantization pre-processing (shape inference, BatchNorm folding...)."""
     from onnxruntime.quantization import quant_pre_process
 
     quant_pre_process(str(fp32_path), str(out_path))
@@ -612,7 +613,7 @@ def quantize_int8(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="frlie-quantize-") as scratch:
         pre_path = Path(scratch) / "pre.onnx"
-        _pre_process(fp32_path, pre_path)
+        pre_process(fp32_path, pre_path)
         cache = Path(calibration_cache) if calibration_cache is not None else Path(scratch) / "ranges.json"
         if not cache.is_file():
             log.info("calibrating on %d samples from %s (%s)", len(calibration), calibration.root, recipe.method)
@@ -776,7 +777,7 @@ def layer_sensitivity(
     recipe = replace(recipe, keep_float=())
     with tempfile.TemporaryDirectory(prefix="frlie-sensitivity-") as scratch:
         pre_path, cache = Path(scratch) / "pre.onnx", Path(scratch) / "ranges.json"
-        _pre_process(fp32_path, pre_path)
+        pre_process(fp32_path, pre_path)
         calibrate(pre_path, calibration.samples, recipe, cache, threads=threads)
         reference = _session(fp32_path, threads)
         expected = [_to_uint8(reference.run([OUTPUT_NAME], {INPUT_NAME: x})[0]) for x in evaluation.samples]
