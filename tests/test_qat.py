@@ -169,3 +169,7 @@ def test_every_command_line_setting_reaches_the_fine_tune() -> None:
         steps=9, batch=3, crop=64, learning_rate=0.002, no_worse_weight=0.5, jpeg_share=0.25
     )
     assert args.init_state == Path("S")
+    # The default recipe unless asked: extra float nodes add to its own, once each.
+    assert qat.recipe_from_args(args) == quantize.DEFAULT_RECIPE
+    more = build_parser().parse_args([*line.split(" "), "--keep-float", "conv[2]", "--keep-float", "first_conv"])
+    assert qat.recipe_from_args(more).keep_float == (*quantize.DEFAULT_RECIPE.keep_float, "conv[2]")

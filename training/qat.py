@@ -31,7 +31,7 @@ import operator
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -461,6 +461,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--jpeg-share", type=float, default=QatConfig.jpeg_share, help="share of JPEG q90 inputs")
     parser.add_argument("--init-state", type=Path, default=None, help="start from an earlier run's qat-state.pt")
+    parser.add_argument(
+        "--keep-float",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="also keep this node in float (a role or conv[i], as training.quantize's Recipe.keep_float); repeatable",
+    )
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.set_defaults(func=run)
 
@@ -477,6 +484,12 @@ def config_from_args(args: argparse.Namespace) -> QatConfig:
     )
 
 
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The default int8 recipe, with the command line's extra float nodes."""
+    extra = tuple(selector for selector in args.keep_float if selector not in DEFAULT_RECIPE.keep_float)
+    return replace(DEFAULT_RECIPE, keep_float=(*DEFAULT_RECIPE.keep_float, *extra))
+
+
 def run(args: argparse.Namespace) -> int:
     result = quantization_aware_int8(
         args.weights,
@@ -486,6 +499,7 @@ def run(args: argparse.Namespace) -> int:
         args.run_dir,
         config_from_args(args),
         max_minutes=args.max_minutes,
+        recipe=recipe_from_args(args),
         init_state=args.init_state,
     )
     if result is not None:
