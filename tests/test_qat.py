@@ -138,6 +138,28 @@ def test_a_whole_run_resumes_writes_a_gated_int8_file_and_keeps_the_fp32_metadat
         )
 
 
+def test_a_warm_started_run_records_every_stage_before_it(
+    tiny_weights: Path, tiny_files: tuple[Path, Path], synthetic_data: Path, tmp_path: Path
+) -> None:
+    layout = qat.read_layout(*tiny_files)
+    first_config, second_config = qat.QatConfig(steps=2, batch=2, crop=48), TINY_QAT
+    _, first = qat.fine_tune(tiny_weights, layout, synthetic_data, tmp_path / "first", first_config, None)
+    assert first["warm_start"] is None
+    first_state = tmp_path / "first" / qat.STATE_FILE
+    second_dir = tmp_path / "second"
+    _, stopped = qat.fine_tune(tiny_weights, layout, synthetic_data, second_dir, second_config, 0.0, first_state)
+    # Resumed without naming the earlier state again, the run still knows where it started.
+    _, second = qat.fine_tune(tiny_weights, layout, synthetic_data, second_dir, second_config, None)
+    expected = {"config": first_config.to_dict(), "steps_done": 2, "warm_start": None}
+    assert stopped["warm_start"] == second["warm_start"] == expected
+    # A third stage carries the whole chain.
+    assert qat.lineage(second_dir / qat.STATE_FILE) == {
+        "config": second_config.to_dict(),
+        "steps_done": second_config.steps,
+        "warm_start": expected,
+    }
+
+
 def test_refuses_held_out_data(tmp_path: Path) -> None:
     val = tmp_path / "val"
     for folder in ("low", "high"):

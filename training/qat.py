@@ -299,6 +299,12 @@ def qat_loss(answer: torch.Tensor, teacher: torch.Tensor, reference: torch.Tenso
 STATE_FILE = "qat-state.pt"  # in the run folder: weights, optimizer, schedule, step, loss history
 
 
+def lineage(state_file: Path) -> dict[str, Any]:
+    """What an earlier run's ``qat-state.pt`` was: its settings, how far it went, and its own warm start."""
+    saved = torch.load(state_file, weights_only=False)
+    return {"config": saved["config"], "steps_done": saved["step"], "warm_start": saved.get("warm_start")}
+
+
 def fine_tune(
     weights: Path,
     layout: QuantLayout,
@@ -310,7 +316,8 @@ def fine_tune(
 ) -> tuple[FRLIE, dict[str, Any]]:
     """Fine-tune a BN-folded copy of ``weights`` under the int8 layout; resumable from ``run_dir``.
     ``init_state`` (the ``qat-state.pt`` of an earlier run of the same weights) starts from the
-    weights that run reached, with a new schedule.
+    weights that run reached, with a new schedule; its settings (and its own warm start, and so on)
+    go into the record, so the shipped file names every stage that shaped it.
 
     Returns the tuned network (fake quantizers removed) and the run's record; the record's
     ``finished`` is False when ``max_minutes`` ran out first (run again to go on)."""
@@ -324,6 +331,7 @@ def fine_tune(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     step, history = 0, []
     state = run_dir / STATE_FILE
+    warm_start = None if init_state is None else lineage(init_state)
     if state.is_file():
         saved = torch.load(state, weights_only=False)
         if saved["config"] != config.to_dict():
@@ -332,6 +340,7 @@ def fine_tune(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         step, history = saved["step"], saved["history"]
+        warm_start = saved.get("warm_start") or warm_start  # states written before the record had none
     elif init_state is not None:
         student.load_state_dict(torch.load(init_state, weights_only=False)["student"])
     rng = np.random.default_rng([config.seed, step])
@@ -349,6 +358,7 @@ def fine_tune(
             "scheduler": scheduler.state_dict(),
             "step": step,
             "history": history,
+            "warm_start": warm_start,
         }
         torch.save(payload, state.with_suffix(".tmp"))
         state.with_suffix(".tmp").replace(state)
@@ -374,7 +384,7 @@ def fine_tune(
             save()
     bar.close()
     strip_fake_quant(student)
-    record = {"steps_done": step, "finished": step >= config.steps, "history": history}
+    record = {"steps_done": step, "finished": step >= config.steps, "history": history, "warm_start": warm_start}
     return student.eval(), record
 
 
@@ -427,7 +437,7 @@ def quantization_aware_int8(
         **config.to_dict(),
         "data": f"{data_root.name}/train",
         "steps_done": record["steps_done"],
-        "warm_start": None if init_state is None else "the weights of an earlier run of this command",
+        "warm_start": record["warm_start"],
         "final_loss_psnr_db": -10 * math.log10(max(record["history"][-1]["loss"], 1e-12)),
     }
     update_metadata(out_path, {QUANTIZATION: json.dumps(quantization)})
