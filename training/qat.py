@@ -299,9 +299,9 @@ def qat_loss(answer: torch.Tensor, teacher: torch.Tensor, reference: torch.Tenso
 STATE_FILE = "qat-state.pt"  # in the run folder: weights, optimizer, schedule, step, loss history
 
 
-def lineage(state_file: Path) -> dict[str, Any]:
-    """What an earlier run's ``qat-state.pt`` was: its settings, how far it went, and its own warm start."""
-    saved = torch.load(state_file, weights_only=False)
+def lineage(saved: dict[str, Any]) -> dict[str, Any]:
+    """What an earlier run was, from its loaded ``qat-state.pt``: its settings, how far it went, and its
+    own warm start."""
     return {"config": saved["config"], "steps_done": saved["step"], "warm_start": saved.get("warm_start")}
 
 
@@ -331,7 +331,8 @@ def fine_tune(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     step, history = 0, []
     state = run_dir / STATE_FILE
-    warm_start = None if init_state is None else lineage(init_state)
+    initial = None if init_state is None else torch.load(init_state, weights_only=False)
+    warm_start = None if initial is None else lineage(initial)
     if state.is_file():
         saved = torch.load(state, weights_only=False)
         if saved["config"] != config.to_dict():
@@ -341,8 +342,8 @@ def fine_tune(
         scheduler.load_state_dict(saved["scheduler"])
         step, history = saved["step"], saved["history"]
         warm_start = saved.get("warm_start") or warm_start  # states written before the record had none
-    elif init_state is not None:
-        student.load_state_dict(torch.load(init_state, weights_only=False)["student"])
+    elif initial is not None:
+        student.load_state_dict(initial["student"])
     rng = np.random.default_rng([config.seed, step])
     data = batches(train_pairs(data_root), config, rng)
     started = time.monotonic()
